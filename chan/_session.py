@@ -1,0 +1,333 @@
+"""A live session: the sans-IO protocol bound to channel ends.
+
+:class:`SessionCore` owns one :class:`protocol.Session`.  It turns protocol events into
+queue operations (messages into Receivers' queues, credits into woken Senders) and turns
+channel ends found in outgoing messages into references (allocating ids, attaching the
+session in the end's place).  It never touches a socket: the transport that owns it is
+told to flush with ``transport.flush_soon(core)`` and feeds frames to :meth:`feed`.
+Everything here runs under ``_sync.LOCK``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import codec, protocol
+from ._sync import Waitable, fresh
+from .channel import RECEIVER_CLOSED, MsgPump, MsgQueue, Receiver, Sender
+from .errors import (ClosedChannelError, MessageTooLarge, ProtocolError, RemoteError,
+                     SessionLost)
+from .stream import BytePump, ByteQueue, ByteStream
+
+
+class InChan:
+    """The session's side of a channel or stream that flows towards us.
+
+    Sits as ``upstream`` of the queue the messages land in: grants credit as the local
+    consumer takes, and tells the peer to STOP when the consumer goes away.
+    """
+
+    __slots__ = ("core", "chid", "pending", "threshold")
+
+    def __init__(self, core: "SessionCore", chid: int, window: int) -> None:
+        self.core, self.chid = core, chid
+        self.pending = 0
+        # Granting in halves of the window keeps the sender busy with half the records.
+        self.threshold = max(1, window // 2)
+
+    def taken(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.threshold:
+            self.core.proto.grant(self.chid, self.pending)
+            self.pending = 0
+            self.core.flush_soon()
+
+    def abandon(self, error: tuple[str, str] | None) -> None:
+        core = self.core
+        core.ins.pop(self.chid, None)
+        core.proto.send_stop(self.chid, error)
+        core.flush_soon()
+
+
+class _RemoteEnd(Waitable):
+    """What ends that send into a session share: end, ack and failure."""
+
+    __slots__ = ("core", "chid", "broken", "acked")
+
+    def __init__(self, core: "SessionCore", chid: int) -> None:
+        super().__init__()
+        self.core, self.chid = core, chid
+        self.broken: BaseException | None = None
+        self.acked = False
+
+    def end(self, error: tuple[str, str] | None) -> None:
+        if self.broken is None and not self.acked:
+            self.core.proto.send_end(self.chid, error)
+            self.core.flush_soon()
+
+    def attempt_ended(self) -> Any:
+        if self.acked:
+            return None
+        if self.broken is not None:
+            if isinstance(self.broken, SessionLost | ClosedChannelError | ProtocolError):
+                raise fresh(self.broken)
+            return None  # the receiver stopped: nothing more to deliver
+        return self
+
+
+class RemoteSink(_RemoteEnd):
+    """A channel into a session: the sink behind a Sender whose receiver is remote."""
+
+    __slots__ = ()
+
+    def attempt_send(self, msg: Any) -> Any:
+        if self.broken is not None:
+            raise fresh(self.broken)
+        core = self.core
+        if self.acked or core.proto.state != protocol.OPEN_STATE:
+            raise fresh(core.error or ClosedChannelError("send on a closed channel"))
+        if core.proto.credit(self.chid) <= 0:
+            return self
+        core.proto.send_message(self.chid, core.encode(msg))
+        core.flush_soon()
+        return None
+
+
+class RemoteByteSink(_RemoteEnd):
+    """A stream into a session: where a ByteStream writes when its peer is remote."""
+
+    __slots__ = ()
+
+    def attempt_write(self, data: Any) -> Any:
+        if self.broken is not None:
+            raise fresh(self.broken)
+        core = self.core
+        if self.acked or core.proto.state != protocol.OPEN_STATE:
+            raise fresh(core.error or ClosedChannelError("write on a closed stream"))
+        credit = core.proto.credit(self.chid)
+        if credit <= 0:
+            return self
+        n = min(len(data), credit, core.max_send)
+        core.proto.send_data(self.chid, bytes(data[:n]))
+        core.flush_soon()
+        return n
+
+
+class SessionCore:
+    """Protocol state plus the channel ends attached to it, for one session."""
+
+    def __init__(self, proto: protocol.Session, transport: Any,
+                 accepts: MsgQueue | None = None, name: str = "") -> None:
+        self.proto = proto
+        self.transport = transport
+        self.accepts = accepts  # where channels the peer OPENs go (listeners only)
+        self.name = name
+        self.ins: dict[int, Any] = {}  # chid -> MsgQueue | ByteQueue we fill
+        self.outs: dict[int, _RemoteEnd] = {}  # chid -> sink we send through
+        self.state = Waitable()  # woken on handshake, close and failure
+        self.error: BaseException | None = None
+        self.closed = False  # the session is over (cleanly or not)
+        self.dirty = False  # queued in the transport for a flush
+        self.max_send = proto.settings.max_message
+
+    # ---------------------------------------------------------------- transport side
+    def flush_soon(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self.transport.flush_soon(self)
+
+    def feed(self, frame: bytes) -> None:
+        """One frame from the transport: process every event it carries."""
+        proto = self.proto
+        proto.receive_frame(frame)
+        self._process()
+
+    def violation(self, message: str) -> None:
+        self.proto.violation(message)
+        self._process()
+
+    def tick(self) -> None:
+        self.proto.tick()
+        self._process()
+
+    def _process(self) -> None:
+        proto = self.proto
+        while True:
+            event = proto.next_event()
+            if event is None:
+                break
+            try:
+                self._dispatch(event)
+            except ProtocolError as exc:
+                if proto.state != protocol.CLOSED:
+                    proto.abort(protocol.PROTOCOL_ERROR, str(exc))
+                    self.fail(ProtocolError(str(exc)))
+        if proto.has_data():
+            self.flush_soon()
+
+    def _dispatch(self, event: Any) -> None:
+        cls = type(event)
+        if cls is protocol.MessageReceived:
+            q = self.ins.get(event.chid)
+            value = codec.decode(event.payload, self._from_ref)
+            if q is not None:
+                q.put_nowait(value)
+        elif cls is protocol.DataReceived:
+            q = self.ins.get(event.chid)
+            if q is not None:
+                q.put_nowait(event.data)
+        elif cls is protocol.CreditGranted:
+            sink = self.outs.get(event.chid)
+            if sink is not None:
+                sink._wake()
+        elif cls is protocol.Ended:
+            q = self.ins.pop(event.chid, None)
+            if q is not None:
+                q.end(event.error)
+        elif cls is protocol.EndAcked:
+            sink = self.outs.pop(event.chid, None)
+            if sink is not None:
+                sink.acked = True
+                sink._wake()
+        elif cls is protocol.Stopped:
+            sink = self.outs.pop(event.chid, None)
+            if sink is not None:
+                sink.broken = RemoteError(*(event.error or RECEIVER_CLOSED))
+                sink._wake()
+        elif cls is protocol.ChannelOpened:
+            if self.accepts is None:
+                raise ProtocolError("the listening side may not open channels")
+            q = self._inbound(MsgQueue(self.proto.settings.window), event.chid,
+                              self.proto.settings.window)
+            self.accepts.put_nowait(Receiver(q))
+        elif cls is protocol.Handshaken:
+            peer = event.peer_settings
+            self.max_send = min(self.proto.settings.max_message, peer.max_message)
+            self.state._wake()
+        elif cls is protocol.ByeReceived:
+            self.fail(SessionLost("the peer closed the session"))
+        elif cls is protocol.ByeAcked:
+            self.fail(ClosedChannelError("its session was closed"))
+        elif cls is protocol.SessionFailed:
+            self.fail(event.error)
+
+    def fail(self, error: BaseException) -> None:
+        """The session is over: every end attached to it fails with ``error``."""
+        if self.closed:
+            return
+        self.closed = True
+        self.error = error
+        ins, outs = self.ins, self.outs
+        self.ins, self.outs = {}, {}
+        for q in ins.values():
+            q.fail(error)
+        for sink in outs.values():
+            sink.broken = error
+            sink._wake()
+        self.state._wake()
+        self.transport.session_ended(self)
+
+    # ---------------------------------------------------------------- references
+    def _inbound(self, q: Any, chid: int, window: int) -> Any:
+        q.upstream = InChan(self, chid, window)
+        self.ins[chid] = q
+        return q
+
+    def _from_ref(self, code: int, chid: int) -> Any:
+        proto, ours = self.proto, self.proto.settings
+        if code == codec.EXT_SENDER:
+            proto.register_peer_channel(chid, protocol.KIND_CHANNEL, we_send=True, we_recv=False)
+            sink = RemoteSink(self, chid)
+            self.outs[chid] = sink
+            return Sender(sink)
+        if code == codec.EXT_RECEIVER:
+            proto.register_peer_channel(chid, protocol.KIND_CHANNEL, we_send=False, we_recv=True)
+            return Receiver(self._inbound(MsgQueue(ours.window), chid, ours.window))
+        proto.register_peer_channel(chid, protocol.KIND_STREAM, we_send=True, we_recv=True)
+        sink = RemoteByteSink(self, chid)
+        self.outs[chid] = sink
+        rq = self._inbound(ByteQueue(ours.stream_window), chid, ours.stream_window)
+        return ByteStream(rq, sink)
+
+    def encode(self, msg: Any) -> bytes:
+        """Serialise ``msg`` for the peer, attaching the ends it carries to this session.
+
+        The ends are only taken over once the message is known to fit: a message that
+        raises (too large, not serialisable) leaves every end as it was.
+        """
+        found: list[tuple[Any, int]] = []
+        proto = self.proto
+
+        def to_ref(obj: Any) -> Any:
+            if isinstance(obj, Sender):
+                code, kind, send, recv = codec.EXT_SENDER, protocol.KIND_CHANNEL, False, True
+                if obj._sink is None:
+                    raise ClosedChannelError(obj._gone or "cannot send a closed Sender")
+            elif isinstance(obj, Receiver):
+                code, kind, send, recv = codec.EXT_RECEIVER, protocol.KIND_CHANNEL, True, False
+                if obj._q is None:
+                    raise ClosedChannelError(obj._gone or "cannot send a closed Receiver")
+            elif isinstance(obj, ByteStream):
+                code, kind, send, recv = codec.EXT_STREAM, protocol.KIND_STREAM, True, True
+                if obj._rq is None or obj._sink is None:
+                    raise ClosedChannelError("cannot send a stream end that is (half) closed")
+            else:
+                raise codec.unsupported(obj)
+            if any(o is obj for o, _ in found):
+                raise ValueError(f"{obj!r} appears twice in one message")
+            chid = proto.new_channel(kind, send, recv)
+            found.append((obj, chid))
+            return codec.ref(code, chid)
+
+        try:
+            payload = codec.encode(msg, to_ref)
+            if len(payload) > self.max_send:
+                raise MessageTooLarge(
+                    f"message of {len(payload)} bytes exceeds the session's limit of "
+                    f"{self.max_send} bytes (max_message); send big data through a ByteStream")
+        except BaseException:
+            for _, chid in found:
+                proto.forget_channel(chid)
+            raise
+        for obj, chid in found:
+            self._attach(obj, chid)
+        return payload
+
+    def _attach(self, obj: Any, chid: int) -> None:
+        ours = self.proto.settings
+        if isinstance(obj, Sender):
+            sink = obj._moved()
+            if isinstance(sink, MsgQueue):
+                # A pipe's Sender: the session becomes the producer of the pipe's queue.
+                self._inbound(sink, chid, ours.window)
+                if sink.closed:
+                    sink.upstream.abandon(RECEIVER_CLOSED)
+            else:
+                # A Sender of another session: relay through a queue of our own.
+                MsgPump(self._inbound(MsgQueue(ours.window), chid, ours.window), sink)
+        elif isinstance(obj, Receiver):
+            sink = RemoteSink(self, chid)
+            self.outs[chid] = sink
+            MsgPump(obj._moved(), sink)
+        else:
+            rq, wsink = obj._moved()
+            sink = RemoteByteSink(self, chid)
+            self.outs[chid] = sink
+            if isinstance(wsink, ByteQueue):
+                self._inbound(wsink, chid, ours.stream_window)
+            else:
+                BytePump(self._inbound(ByteQueue(ours.stream_window), chid,
+                                       ours.stream_window), wsink)
+            BytePump(rq, sink)
+
+    # ---------------------------------------------------------------- user side
+    def open(self) -> Sender:
+        proto = self.proto
+        if self.closed:
+            raise fresh(self.error) if self.error else ClosedChannelError("session closed")
+        chid = proto.new_channel(protocol.KIND_CHANNEL, True, False)
+        proto.send_open(chid)
+        sink = RemoteSink(self, chid)
+        self.outs[chid] = sink
+        self.flush_soon()
+        return Sender(sink)

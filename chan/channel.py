@@ -1,0 +1,297 @@
+"""Channels: :class:`Sender`, :class:`Receiver`, :func:`pipe`.
+
+A :class:`Receiver` always reads from a bounded :class:`MsgQueue`.  A :class:`Sender`
+writes into a *sink*: the queue of an in-memory pipe, or a channel of a session
+(``_session.RemoteSink``).  Both kinds of sink offer the same three calls:
+
+``attempt_send(msg)``  None when taken, the Waitable to sleep on when full, or raises;
+``end(error)``         no more messages (error: None or (code, message)); never blocks;
+``attempt_ended()``    None once the end is delivered (a session waits for the ack).
+
+When an end is put in a message that crosses a session, the session takes its place:
+it becomes the producer of a pipe's queue (a Sender sent away) or its consumer (a
+Receiver sent away, moved on by a :class:`MsgPump`).  The local object is then *moved*.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterator
+
+from ._sync import LOCK, Pump, Waitable, fresh, wait_sync
+from .errors import ClosedChannelError, EndOfChannel, RemoteError, error_code
+
+DEFAULT_CAPACITY = 256
+
+RECEIVER_CLOSED = ("ReceiverClosed", "the receiving end of this channel was closed")
+
+
+class MsgQueue(Waitable):
+    """A bounded FIFO of messages: the consumer side of every channel.
+
+    ``upstream`` (a session's inbound channel, or None) is told when messages are taken
+    (to grant credit) and when the consumer goes away (to STOP the peer).
+    """
+
+    __slots__ = ("items", "capacity", "eof", "error", "closed", "broken", "upstream")
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        super().__init__()
+        self.items: deque = deque()
+        self.capacity = capacity
+        self.eof = False  # the producer ended cleanly
+        self.error: BaseException | None = None  # raised to the consumer once drained
+        self.closed = False  # the consumer closed its end
+        self.broken: BaseException | None = None  # raised to producers
+        self.upstream: Any = None
+
+    # -- consumer side
+    def attempt_get(self) -> Any:
+        items = self.items
+        if items:
+            item = items.popleft()
+            if self.upstream is not None:
+                self.upstream.taken(1)
+            if self._waiters:
+                self._wake()
+            return item
+        if self.closed:
+            raise ClosedChannelError("recv on a Receiver that you closed")
+        if self.error is not None:
+            raise fresh(self.error)
+        if self.eof:
+            raise EndOfChannel()
+        return self
+
+    def close_consumer(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.items.clear()
+        if self.broken is None:
+            self.broken = RemoteError(*RECEIVER_CLOSED)
+        if self.upstream is not None:
+            self.upstream.abandon(RECEIVER_CLOSED)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """The producer side is gone: the consumer gets ``error`` after what is queued."""
+        if self.error is None and not self.eof:
+            self.error = error
+        self._wake()
+
+    # -- producer (sink) side
+    def attempt_send(self, msg: Any) -> Waitable | None:
+        if self.broken is not None:
+            raise fresh(self.broken)
+        if self.eof or self.error is not None:
+            raise ClosedChannelError("send on a channel whose sending end was closed")
+        if len(self.items) >= self.capacity:
+            return self
+        self.items.append(msg)
+        if self._waiters:
+            self._wake()
+        return None
+
+    def put_nowait(self, msg: Any) -> None:
+        """Used by a session delivering a message the peer had credit for."""
+        if not self.closed:
+            self.items.append(msg)
+            if self._waiters:
+                self._wake()
+
+    def end(self, error: tuple[str, str] | None) -> None:
+        if self.eof or self.error is not None:
+            return
+        if error is None:
+            self.eof = True
+        else:
+            self.error = RemoteError(*error)
+        self._wake()
+
+    def attempt_ended(self) -> None:
+        return None
+
+
+class Sender:
+    """The sending end of a channel.  Send it in a message to let the peer send to you."""
+
+    __slots__ = ("_sink", "_gone", "__weakref__")
+
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+        self._gone: str | None = None  # why this end cannot be used any more
+
+    def _take_sink(self) -> Any:
+        sink = self._sink
+        if sink is None:
+            raise ClosedChannelError(self._gone or "this Sender is closed")
+        return sink
+
+    def _attempt_send(self, msg: Any) -> Waitable | None:
+        return self._take_sink().attempt_send(msg)
+
+    def send(self, msg: Any, timeout: float | None = None) -> None:
+        """Send one message; blocks while the receiver has no room (flow control).
+
+        Raises :class:`ClosedChannelError` if you closed this end, :class:`RemoteError`
+        if the receiver closed its end, :class:`SessionLost` if the peer is gone,
+        :class:`MessageTooLarge`, :class:`Timeout`, or ``TypeError`` for a value that
+        cannot travel in a message.
+        """
+        with LOCK:
+            sink = self._sink
+            if sink is not None and sink.attempt_send(msg) is None:
+                return  # the common case: room available
+        wait_sync(lambda: self._attempt_send(msg), timeout, "send")
+
+    def _begin_close(self, error: BaseException | None) -> Any:
+        with LOCK:
+            sink = self._sink
+            if sink is None:
+                return None
+            self._sink = None
+            self._gone = "send on a Sender that you closed"
+            sink.end(None if error is None else (error_code(error), str(error)))
+            return sink
+
+    def close(self, error: BaseException | None = None, timeout: float | None = None) -> None:
+        """End the channel; with ``error`` the receiver's recv raises :class:`RemoteError`.
+
+        Returns once the receiver has everything sent before (over a session: once the
+        peer acknowledged the end), or raises :class:`SessionLost`.  Idempotent.
+        """
+        sink = self._begin_close(error)
+        if sink is not None:
+            wait_sync(sink.attempt_ended, timeout, "close")
+
+    def _moved(self) -> Any:
+        """Hand the sink over (the Sender is going into a message)."""
+        sink = self._take_sink()
+        self._sink = None
+        self._gone = "this Sender was sent away in a message; only the peer may use it now"
+        return sink
+
+    def __enter__(self) -> "Sender":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<chan.Sender {'open' if self._sink is not None else 'closed'}>"
+
+
+class Receiver:
+    """The receiving end of a channel.  Iterate it, or call :meth:`recv`."""
+
+    __slots__ = ("_q", "_gone", "__weakref__")
+
+    def __init__(self, queue: MsgQueue) -> None:
+        self._q: MsgQueue | None = queue
+        self._gone: str | None = None
+
+    def _queue(self) -> MsgQueue:
+        q = self._q
+        if q is None:
+            raise ClosedChannelError(self._gone or "this Receiver is closed")
+        return q
+
+    def _attempt_recv(self) -> Any:
+        return self._queue().attempt_get()
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next message.  Blocks until one arrives.
+
+        Raises :class:`EndOfChannel` once the sender closed and all is drained,
+        :class:`RemoteError` if it closed with an error, :class:`SessionLost` if the
+        peer is gone (after what arrived before), :class:`Timeout`.
+        """
+        with LOCK:
+            q = self._q
+            if q is not None and q.items:
+                return q.attempt_get()
+        return wait_sync(self._attempt_recv, timeout, "recv")
+
+    def close(self) -> None:
+        """Stop receiving: queued messages are dropped and the sender's sends fail."""
+        with LOCK:
+            q = self._q
+            if q is not None:
+                self._q = None
+                self._gone = "recv on a Receiver that you closed"
+                q.close_consumer()
+
+    def _moved(self) -> MsgQueue:
+        q = self._queue()
+        self._q = None
+        self._gone = "this Receiver was sent away in a message; only the peer may use it now"
+        return q
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield self.recv()
+            except EndOfChannel:
+                return
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<chan.Receiver {'open' if self._q is not None else 'closed'}>"
+
+
+def pipe(capacity: int = DEFAULT_CAPACITY) -> tuple[Sender, Receiver]:
+    """An in-memory channel: ``(Sender, Receiver)``.  Messages are passed as objects.
+
+    ``capacity`` bounds the messages queued; a full pipe makes ``send`` wait.
+    """
+    if capacity < 1:
+        raise ValueError("capacity must be at least 1")
+    q = MsgQueue(capacity)
+    return Sender(q), Receiver(q)
+
+
+class MsgPump(Pump):
+    """Moves messages from a queue into a sink, as both allow (a relay).
+
+    Used when a Receiver goes into a message (its queue is pumped into the session), or
+    a Sender received from one session goes on into another (the new channel's queue is
+    pumped into the old Sender's sink).  Runs under the lock, from wake-ups.
+    """
+
+    __slots__ = ()
+
+    def _step(self) -> None:
+        src, dst = self.src, self.dst
+        items = src.items
+        while items:
+            try:
+                blocked = dst.attempt_send(items[0])
+            except Exception as exc:  # the sink is broken: tell the producers
+                self._done = True
+                src.broken = exc
+                if src.upstream is not None:
+                    src.upstream.abandon((error_code(exc), str(exc)))
+                src.items.clear()
+                src._wake()
+                return
+            if blocked is not None:
+                blocked._waiters.append(self.run)
+                return
+            src.attempt_get()  # pops, grants credit upstream, wakes producers
+        if src.closed:
+            self._done = True
+            dst.end(RECEIVER_CLOSED)
+        elif src.error is not None:
+            self._done = True
+            dst.end((error_code(src.error), str(src.error)))
+        elif src.eof:
+            self._done = True
+            dst.end(None)
+        else:
+            src._waiters.append(self.run)

@@ -1,0 +1,241 @@
+"""Sessions over ZeroMQ: :func:`listen`, :func:`connect`, :class:`Listener`, :class:`Session`.
+
+Endpoints are ZeroMQ's: ``tcp://HOST:PORT`` (port 0 picks a free one), ``ipc://PATH``,
+``inproc://NAME`` (same process).  One ZeroMQ connection carries one session and all of
+its channels and streams.  TCP endpoints can require CurveZMQ (:class:`CurveKeys`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import zmq
+
+from . import protocol
+from ._hub import DealerOwner, RouterOwner, get_hub
+from ._session import SessionCore
+from ._sync import LOCK, fresh, wait_sync
+from .channel import MsgQueue, Receiver, Sender
+from .errors import ChannelError, ClosedChannelError, SessionLost, Timeout
+
+__all__ = ["CurveKeys", "Listener", "Session", "Settings", "connect", "listen"]
+
+Settings = protocol.Settings
+
+_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """A CurveZMQ key pair, Z85-encoded (40 ASCII bytes each)."""
+
+    public: bytes
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> "CurveKeys":
+        public, secret = zmq.curve_keypair()
+        return cls(public, secret)
+
+
+def _check_endpoint(endpoint: str) -> str:
+    if not isinstance(endpoint, str) or not endpoint.startswith(_SCHEMES):
+        raise ValueError(f"endpoint {endpoint!r} must start with tcp://, ipc:// or inproc://")
+    # ZeroMQ spells "any port" as '*'; accept the socket-API spelling too.
+    return re.sub(r"^(tcp://.*):0$", r"\1:*", endpoint)
+
+
+class Listener:
+    """Accepts the channels that peers open.  Use :func:`listen` to make one."""
+
+    def __init__(self, endpoint: str, settings: Settings | None = None,
+                 curve: CurveKeys | None = None, allow: Iterable[bytes] | None = None) -> None:
+        endpoint = _check_endpoint(endpoint)
+        self.settings = settings or Settings()
+        self._accepts = MsgQueue(capacity=1 << 62)
+        self._closed = False
+        hub = self._hub = get_hub()
+        settings_ = self.settings
+
+        def make_core(link: Any) -> SessionCore:
+            return SessionCore(protocol.Session(client=False, settings=settings_), link,
+                               accepts=self._accepts, name=self.endpoint)
+
+        def setup() -> tuple[zmq.Socket, RouterOwner, str]:
+            sock, owner = hub.new_socket(
+                zmq.ROUTER, lambda s: RouterOwner(hub, s, make_core),
+                settings_.max_message + protocol.FRAME_OVERHEAD)
+            try:
+                if curve is not None:
+                    from zmq.utils import z85
+                    sock.curve_server = True
+                    sock.curve_secretkey = curve.secret
+                    sock.zap_domain = hub.enable_zap({z85.decode(k) for k in (allow or ())})
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                hub.drop_socket(sock, linger=0)
+                raise ChannelError(f"cannot listen on {endpoint}: {exc.strerror}") from exc
+            return sock, owner, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+        self._sock, self._owner, self.endpoint = hub.call(setup)
+
+    def accept(self, timeout: float | None = None) -> Receiver:
+        """The Receiver of the next channel a peer opened (blocks until there is one)."""
+        def attempt() -> Any:
+            if self._closed:
+                raise ClosedChannelError("accept on a Listener that you closed")
+            return self._accepts.attempt_get()
+        return wait_sync(attempt, timeout, "accept")
+
+    def close(self) -> None:
+        """Stop listening; every session of this listener ends (peers see SessionLost)."""
+        with LOCK:
+            if self._closed:
+                return
+            self._closed = True
+            self._accepts.close_consumer()
+
+        def teardown() -> None:
+            for core in self._owner.cores():
+                core.proto.abort(protocol.SHUTDOWN, "the listener was closed")
+                core.fail(SessionLost("the listener was closed"))
+            self._hub._flush_now()
+            self._hub.drop_socket(self._sock, linger=200)
+        self._hub.call(teardown)
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<chan.Listener {self.endpoint}{' closed' if self._closed else ''}>"
+
+
+class Session:
+    """The connecting side of one session.  Use :func:`connect` to make one."""
+
+    def __init__(self, endpoint: str, settings: Settings | None = None,
+                 curve: CurveKeys | None = None, server_key: bytes | None = None,
+                 timeout: float | None = None) -> None:
+        endpoint = _check_endpoint(endpoint)
+        self.endpoint = endpoint
+        self.settings = settings or Settings()
+        hub = self._hub = get_hub()
+        settings_ = self.settings
+        if timeout is None:
+            timeout = settings_.timeout_ms / 1000
+
+        def setup() -> tuple[zmq.Socket, SessionCore]:
+            sock, owner = hub.new_socket(zmq.DEALER, lambda s: DealerOwner(hub, s),
+                                         settings_.max_message + protocol.FRAME_OVERHEAD)
+            from ._hub import _Link
+            core = SessionCore(protocol.Session(client=True, settings=settings_),
+                               _Link(hub, sock, None, owner), name=endpoint)
+            owner.core = core
+            try:
+                if curve is not None:
+                    if server_key is None:
+                        raise ValueError("CurveZMQ needs the server's public key (server_key=)")
+                    sock.curve_serverkey = server_key
+                    sock.curve_publickey = curve.public
+                    sock.curve_secretkey = curve.secret
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                hub.drop_socket(sock, linger=0)
+                raise ChannelError(f"cannot connect to {endpoint}: {exc.strerror}") from exc
+            core.flush_soon()  # the HELLO
+            return sock, core
+
+        self._sock, self._core = hub.call(setup)
+
+        def handshaken() -> Any:
+            core = self._core
+            if core.closed:
+                raise fresh(core.error)
+            if core.proto.state == protocol.OPEN_STATE:
+                return True
+            return core.state
+        try:
+            wait_sync(handshaken, timeout, "connect")
+        except Timeout as exc:
+            self._abandon()
+            hint = " (with CurveZMQ: is our public key allowed there?)" if curve else ""
+            raise SessionLost(f"no answer from {endpoint} within {timeout} s: is a listener "
+                              f"running there{hint}?") from exc
+
+    def _abandon(self) -> None:
+        def drop() -> None:
+            self._core.proto.close_now(SessionLost("connection abandoned"))
+            self._core.fail(ClosedChannelError("its session was closed"))
+        self._hub.call(drop)
+
+    def open(self) -> Sender:
+        """A new channel to the peer: its Receiver comes out of the peer's ``accept()``."""
+        with LOCK:
+            return self._core.open()
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """End the session once the peer has received everything sent on it.
+
+        Raises :class:`SessionLost` if the session had already failed or the peer could
+        not confirm delivery.  Channels still open on it fail with ClosedChannelError.
+        """
+        core = self._core
+        with LOCK:
+            if core.closed:
+                if isinstance(core.error, ClosedChannelError):
+                    return
+                raise fresh(core.error)
+            core.proto.send_bye()
+            core.flush_soon()
+
+        def closed() -> Any:
+            if not core.closed:
+                return core.state
+            if isinstance(core.error, ClosedChannelError):
+                return None
+            raise fresh(core.error)
+        wait_sync(closed, timeout if timeout is not None else
+                  2 * self.settings.timeout_ms / 1000, "close")
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        try:
+            self.close()
+        except (SessionLost, Timeout):
+            if exc_type is None:
+                raise
+
+    def __repr__(self) -> str:
+        return f"<chan.Session {self.endpoint}{' closed' if self.closed else ''}>"
+
+
+def listen(endpoint: str, *, settings: Settings | None = None, curve: CurveKeys | None = None,
+           allow: Iterable[bytes] | None = None) -> Listener:
+    """Listen on ``endpoint``; ``listener.endpoint`` is the bound address.
+
+    With ``curve`` (the server's key pair; tcp:// only) only clients whose public key is
+    in ``allow`` get in; every other client gets nothing.
+    """
+    return Listener(endpoint, settings=settings, curve=curve, allow=allow)
+
+
+def connect(endpoint: str, *, settings: Settings | None = None, curve: CurveKeys | None = None,
+            server_key: bytes | None = None, timeout: float | None = None) -> Session:
+    """Open a session to a listener; returns once the peer answered the handshake.
+
+    Raises :class:`SessionLost` when nothing answers within ``timeout`` seconds
+    (default: the settings' ``timeout_ms``).
+    """
+    return Session(endpoint, settings=settings, curve=curve, server_key=server_key,
+                   timeout=timeout)

@@ -1,0 +1,284 @@
+"""Byte streams: :class:`ByteStream` and :func:`stream_pair`.
+
+A stream end reads from its own bounded :class:`ByteQueue` and writes into a byte sink:
+the peer end's queue (in memory) or a stream of a session (``_session.RemoteByteSink``).
+Byte sinks mirror channel sinks, counted in bytes:
+
+``attempt_write(data)``  the number of bytes taken (> 0), the Waitable when full, or raises;
+``end(error)`` and ``attempt_ended()`` as for channels.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterator
+
+from ._sync import LOCK, Pump, Waitable, fresh, wait_sync
+from .errors import ClosedChannelError, RemoteError, error_code
+
+DEFAULT_BUFFER = 256 * 1024
+
+READER_CLOSED = ("ReaderClosed", "the reading side of this stream was closed")
+
+
+class ByteQueue(Waitable):
+    """Bytes waiting to be read, bounded by ``capacity``."""
+
+    __slots__ = ("chunks", "size", "capacity", "eof", "error", "closed", "broken", "upstream")
+
+    def __init__(self, capacity: int = DEFAULT_BUFFER) -> None:
+        super().__init__()
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.capacity = capacity
+        self.eof = False
+        self.error: BaseException | None = None
+        self.closed = False
+        self.broken: BaseException | None = None
+        self.upstream: Any = None  # a session's inbound stream: credit and STOP
+
+    # -- reader side
+    def _take(self, n: int) -> bytes:
+        chunks = self.chunks
+        if n >= self.size:
+            data = b"".join(chunks)
+            chunks.clear()
+        else:
+            parts, need = [], n
+            while need:
+                head = chunks[0]
+                if len(head) <= need:
+                    parts.append(chunks.popleft())
+                    need -= len(head)
+                else:
+                    parts.append(head[:need])
+                    chunks[0] = head[need:]
+                    need = 0
+            data = b"".join(parts)
+        self.size -= len(data)
+        if self.upstream is not None:
+            self.upstream.taken(len(data))
+        self._wake()
+        return data
+
+    def _at_end(self) -> bytes:
+        if self.closed:
+            raise ClosedChannelError("read on a stream that you closed")
+        if self.error is not None:
+            raise fresh(self.error)
+        return b""
+
+    def attempt_read(self, n: int) -> Any:
+        """Up to ``n`` bytes as soon as any are there (``n < 0``: everything until EOF)."""
+        if n < 0:
+            if self.eof or self.error is not None or self.closed:
+                return self._take(self.size) if self.size else self._at_end()
+            return self
+        if self.size:
+            return self._take(n)
+        if self.eof or self.error is not None or self.closed:
+            return self._at_end()
+        return self
+
+    def attempt_readline(self, limit: int) -> Any:
+        seen = 0
+        for chunk in self.chunks:
+            i = chunk.find(b"\n")
+            if i >= 0:
+                return self._take(min(seen + i + 1, limit) if limit >= 0 else seen + i + 1)
+            seen += len(chunk)
+        if 0 <= limit <= self.size:
+            return self._take(limit)
+        return self.attempt_read(-1)
+
+    def close_reader(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.chunks.clear()
+        self.size = 0
+        if self.broken is None:
+            self.broken = RemoteError(*READER_CLOSED)
+        if self.upstream is not None:
+            self.upstream.abandon(READER_CLOSED)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None and not self.eof:
+            self.error = error
+        self._wake()
+
+    # -- writer (sink) side
+    def attempt_write(self, data: bytes | memoryview) -> Any:
+        if self.broken is not None:
+            raise fresh(self.broken)
+        if self.eof or self.error is not None:
+            raise ClosedChannelError("write on a stream whose writing side was closed")
+        room = self.capacity - self.size
+        if room <= 0:
+            return self
+        chunk = bytes(data[:room])
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        self._wake()
+        return len(chunk)
+
+    def put_nowait(self, data: bytes) -> None:
+        if not self.closed:
+            self.chunks.append(data)
+            self.size += len(data)
+            self._wake()
+
+    def end(self, error: tuple[str, str] | None) -> None:
+        if self.eof or self.error is not None:
+            return
+        if error is None:
+            self.eof = True
+        else:
+            self.error = RemoteError(*error)
+        self._wake()
+
+    def attempt_ended(self) -> None:
+        return None
+
+
+class ByteStream:
+    """One end of a duplex byte stream; file-like.  Send it in a message to hand it over.
+
+    ``read(n)`` returns up to ``n`` bytes as soon as any are there (``b""`` at EOF),
+    ``read()`` everything until EOF; ``write`` blocks while the peer's buffer is full.
+    """
+
+    __slots__ = ("_rq", "_sink", "_gone", "__weakref__")
+
+    def __init__(self, rq: ByteQueue, sink: Any) -> None:
+        self._rq: ByteQueue | None = rq
+        self._sink: Any = sink
+        self._gone: str | None = None
+
+    def _reader(self) -> ByteQueue:
+        if self._rq is None:
+            raise ClosedChannelError(self._gone or "read on a stream that you closed")
+        return self._rq
+
+    def _writer(self) -> Any:
+        if self._sink is None:
+            raise ClosedChannelError(self._gone or "write on a stream that you closed")
+        return self._sink
+
+    def read(self, n: int = -1, timeout: float | None = None) -> bytes:
+        """Up to ``n`` bytes (at least one, unless at EOF); with ``n < 0`` all until EOF."""
+        return wait_sync(lambda: self._reader().attempt_read(n), timeout, "read")
+
+    def readline(self, limit: int = -1, timeout: float | None = None) -> bytes:
+        """One line including its ``\\n`` (the rest of the stream at EOF)."""
+        return wait_sync(lambda: self._reader().attempt_readline(limit), timeout, "readline")
+
+    def write(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> int:
+        """Write all of ``data``; blocks while the reader's buffer is full.  Returns len."""
+        view = memoryview(data).cast("B")
+        total = len(view)
+        off = 0
+        while off < total:
+            taken = wait_sync(lambda: self._writer().attempt_write(view[off:]), timeout, "write")
+            off += taken
+        return total
+
+    def flush(self) -> None:
+        """Nothing to do: written bytes are already on their way."""
+
+    def close_write(self, timeout: float | None = None) -> None:
+        """Send EOF: the peer's reads return ``b""`` once drained.  Waits for delivery."""
+        with LOCK:
+            sink = self._sink
+            if sink is None:
+                return
+            self._sink = None
+            sink.end(None)
+        wait_sync(sink.attempt_ended, timeout, "close_write")
+
+    def close(self, error: BaseException | None = None, timeout: float | None = None) -> None:
+        """Close both directions (with ``error``, the peer's reads raise RemoteError)."""
+        with LOCK:
+            rq, sink = self._rq, self._sink
+            self._rq = self._sink = None
+            if rq is not None:
+                rq.close_reader()
+            if sink is not None:
+                sink.end(None if error is None else (error_code(error), str(error)))
+        if sink is not None:
+            wait_sync(sink.attempt_ended, timeout, "close")
+
+    @property
+    def closed(self) -> bool:
+        return self._rq is None and self._sink is None
+
+    def readable(self) -> bool:
+        return self._rq is not None
+
+    def writable(self) -> bool:
+        return self._sink is not None
+
+    def _moved(self) -> tuple[ByteQueue, Any]:
+        rq, sink = self._rq, self._sink
+        if rq is None or sink is None:
+            raise ClosedChannelError("cannot send a stream end that is (half) closed")
+        self._rq = self._sink = None
+        self._gone = "this stream end was sent away in a message; only the peer may use it now"
+        return rq, sink
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def __enter__(self) -> "ByteStream":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<chan.ByteStream {'closed' if self.closed else 'open'}>"
+
+
+def stream_pair(buffer: int = DEFAULT_BUFFER) -> tuple[ByteStream, ByteStream]:
+    """Two connected stream ends: what one writes, the other reads, both ways."""
+    qa, qb = ByteQueue(buffer), ByteQueue(buffer)
+    return ByteStream(qa, qb), ByteStream(qb, qa)
+
+
+class BytePump(Pump):
+    """Moves bytes from a queue into a byte sink (a stream end handed to a peer)."""
+
+    __slots__ = ()
+
+    def _step(self) -> None:
+        src, dst = self.src, self.dst
+        while src.size:
+            head = src.chunks[0]
+            try:
+                taken = dst.attempt_write(head)
+            except Exception as exc:
+                self._done = True
+                src.broken = exc
+                if src.upstream is not None:
+                    src.upstream.abandon((error_code(exc), str(exc)))
+                src.chunks.clear()
+                src.size = 0
+                src._wake()
+                return
+            if isinstance(taken, Waitable):
+                taken._waiters.append(self.run)
+                return
+            src._take(taken)
+        if src.error is not None:
+            self._done = True
+            dst.end((error_code(src.error), str(src.error)))
+        elif src.eof or src.closed:
+            self._done = True
+            dst.end(None)
+        else:
+            src._waiters.append(self.run)
