@@ -14,10 +14,10 @@ from typing import Any
 
 from . import codec, protocol
 from ._sync import Waitable, fresh
-from .channel import RECEIVER_CLOSED, MsgPump, MsgQueue, Receiver, Sender
+from .channel import RECEIVER_CLOSED, MsgPump, MsgQueue, ReceiverBase, SenderBase
 from .errors import (ClosedChannelError, MessageTooLarge, ProtocolError, RemoteError,
                      SessionLost)
-from .stream import BytePump, ByteQueue, ByteStream
+from .stream import BytePump, ByteQueue, ByteStreamBase
 
 
 class InChan:
@@ -116,9 +116,10 @@ class RemoteByteSink(_RemoteEnd):
 class SessionCore:
     """Protocol state plus the channel ends attached to it, for one session."""
 
-    def __init__(self, proto: protocol.Session, transport: Any,
+    def __init__(self, proto: protocol.Session, transport: Any, flavor: Any,
                  accepts: MsgQueue | None = None, name: str = "") -> None:
         self.proto = proto
+        self.flavor = flavor  # the front end's classes: .Sender, .Receiver, .ByteStream
         self.transport = transport
         self.accepts = accepts  # where channels the peer OPENs go (listeners only)
         self.name = name
@@ -199,7 +200,7 @@ class SessionCore:
                 raise ProtocolError("the listening side may not open channels")
             q = self._inbound(MsgQueue(self.proto.settings.window), event.chid,
                               self.proto.settings.window)
-            self.accepts.put_nowait(Receiver(q))
+            self.accepts.put_nowait(self.flavor.Receiver(q))
         elif cls is protocol.Handshaken:
             peer = event.peer_settings
             self.max_send = min(self.proto.settings.max_message, peer.max_message)
@@ -239,15 +240,15 @@ class SessionCore:
             proto.register_peer_channel(chid, protocol.KIND_CHANNEL, we_send=True, we_recv=False)
             sink = RemoteSink(self, chid)
             self.outs[chid] = sink
-            return Sender(sink)
+            return self.flavor.Sender(sink)
         if code == codec.EXT_RECEIVER:
             proto.register_peer_channel(chid, protocol.KIND_CHANNEL, we_send=False, we_recv=True)
-            return Receiver(self._inbound(MsgQueue(ours.window), chid, ours.window))
+            return self.flavor.Receiver(self._inbound(MsgQueue(ours.window), chid, ours.window))
         proto.register_peer_channel(chid, protocol.KIND_STREAM, we_send=True, we_recv=True)
         sink = RemoteByteSink(self, chid)
         self.outs[chid] = sink
         rq = self._inbound(ByteQueue(ours.stream_window), chid, ours.stream_window)
-        return ByteStream(rq, sink)
+        return self.flavor.ByteStream(rq, sink)
 
     def encode(self, msg: Any) -> bytes:
         """Serialise ``msg`` for the peer, attaching the ends it carries to this session.
@@ -259,15 +260,15 @@ class SessionCore:
         proto = self.proto
 
         def to_ref(obj: Any) -> Any:
-            if isinstance(obj, Sender):
+            if isinstance(obj, SenderBase):
                 code, kind, send, recv = codec.EXT_SENDER, protocol.KIND_CHANNEL, False, True
                 if obj._sink is None:
                     raise ClosedChannelError(obj._gone or "cannot send a closed Sender")
-            elif isinstance(obj, Receiver):
+            elif isinstance(obj, ReceiverBase):
                 code, kind, send, recv = codec.EXT_RECEIVER, protocol.KIND_CHANNEL, True, False
                 if obj._q is None:
                     raise ClosedChannelError(obj._gone or "cannot send a closed Receiver")
-            elif isinstance(obj, ByteStream):
+            elif isinstance(obj, ByteStreamBase):
                 code, kind, send, recv = codec.EXT_STREAM, protocol.KIND_STREAM, True, True
                 if obj._rq is None or obj._sink is None:
                     raise ClosedChannelError("cannot send a stream end that is (half) closed")
@@ -295,7 +296,7 @@ class SessionCore:
 
     def _attach(self, obj: Any, chid: int) -> None:
         ours = self.proto.settings
-        if isinstance(obj, Sender):
+        if isinstance(obj, SenderBase):
             sink = obj._moved()
             if isinstance(sink, MsgQueue):
                 # A pipe's Sender: the session becomes the producer of the pipe's queue.
@@ -305,7 +306,7 @@ class SessionCore:
             else:
                 # A Sender of another session: relay through a queue of our own.
                 MsgPump(self._inbound(MsgQueue(ours.window), chid, ours.window), sink)
-        elif isinstance(obj, Receiver):
+        elif isinstance(obj, ReceiverBase):
             sink = RemoteSink(self, chid)
             self.outs[chid] = sink
             MsgPump(obj._moved(), sink)
@@ -321,7 +322,7 @@ class SessionCore:
             BytePump(rq, sink)
 
     # ---------------------------------------------------------------- user side
-    def open(self) -> Sender:
+    def open(self) -> Any:
         proto = self.proto
         if self.closed:
             raise fresh(self.error) if self.error else ClosedChannelError("session closed")
@@ -330,4 +331,4 @@ class SessionCore:
         sink = RemoteSink(self, chid)
         self.outs[chid] = sink
         self.flush_soon()
-        return Sender(sink)
+        return self.flavor.Sender(sink)

@@ -113,8 +113,8 @@ class MsgQueue(Waitable):
         return None
 
 
-class Sender:
-    """The sending end of a channel.  Send it in a message to let the peer send to you."""
+class SenderBase:
+    """State of a sending end, shared by the blocking and asyncio front ends."""
 
     __slots__ = ("_sink", "_gone", "__weakref__")
 
@@ -131,6 +131,32 @@ class Sender:
     def _attempt_send(self, msg: Any) -> Waitable | None:
         return self._take_sink().attempt_send(msg)
 
+    def _begin_close(self, error: BaseException | None) -> Any:
+        with LOCK:
+            sink = self._sink
+            if sink is None:
+                return None
+            self._sink = None
+            self._gone = "send on a Sender that you closed"
+            sink.end(None if error is None else (error_code(error), str(error)))
+            return sink
+
+    def _moved(self) -> Any:
+        """Hand the sink over (the Sender is going into a message)."""
+        sink = self._take_sink()
+        self._sink = None
+        self._gone = "this Sender was sent away in a message; only the peer may use it now"
+        return sink
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.Sender {'open' if self._sink is not None else 'closed'}>"
+
+
+class Sender(SenderBase):
+    """The sending end of a channel.  Send it in a message to let the peer send to you."""
+
+    __slots__ = ()
+
     def send(self, msg: Any, timeout: float | None = None) -> None:
         """Send one message; blocks while the receiver has no room (flow control).
 
@@ -145,16 +171,6 @@ class Sender:
                 return  # the common case: room available
         wait_sync(lambda: self._attempt_send(msg), timeout, "send")
 
-    def _begin_close(self, error: BaseException | None) -> Any:
-        with LOCK:
-            sink = self._sink
-            if sink is None:
-                return None
-            self._sink = None
-            self._gone = "send on a Sender that you closed"
-            sink.end(None if error is None else (error_code(error), str(error)))
-            return sink
-
     def close(self, error: BaseException | None = None, timeout: float | None = None) -> None:
         """End the channel; with ``error`` the receiver's recv raises :class:`RemoteError`.
 
@@ -165,25 +181,15 @@ class Sender:
         if sink is not None:
             wait_sync(sink.attempt_ended, timeout, "close")
 
-    def _moved(self) -> Any:
-        """Hand the sink over (the Sender is going into a message)."""
-        sink = self._take_sink()
-        self._sink = None
-        self._gone = "this Sender was sent away in a message; only the peer may use it now"
-        return sink
-
     def __enter__(self) -> "Sender":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"<chan.Sender {'open' if self._sink is not None else 'closed'}>"
 
-
-class Receiver:
-    """The receiving end of a channel.  Iterate it, or call :meth:`recv`."""
+class ReceiverBase:
+    """State of a receiving end, shared by the blocking and asyncio front ends."""
 
     __slots__ = ("_q", "_gone", "__weakref__")
 
@@ -200,19 +206,6 @@ class Receiver:
     def _attempt_recv(self) -> Any:
         return self._queue().attempt_get()
 
-    def recv(self, timeout: float | None = None) -> Any:
-        """The next message.  Blocks until one arrives.
-
-        Raises :class:`EndOfChannel` once the sender closed and all is drained,
-        :class:`RemoteError` if it closed with an error, :class:`SessionLost` if the
-        peer is gone (after what arrived before), :class:`Timeout`.
-        """
-        with LOCK:
-            q = self._q
-            if q is not None and q.items:
-                return q.attempt_get()
-        return wait_sync(self._attempt_recv, timeout, "recv")
-
     def close(self) -> None:
         """Stop receiving: queued messages are dropped and the sender's sends fail."""
         with LOCK:
@@ -228,6 +221,28 @@ class Receiver:
         self._gone = "this Receiver was sent away in a message; only the peer may use it now"
         return q
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.Receiver {'open' if self._q is not None else 'closed'}>"
+
+
+class Receiver(ReceiverBase):
+    """The receiving end of a channel.  Iterate it, or call :meth:`recv`."""
+
+    __slots__ = ()
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next message.  Blocks until one arrives.
+
+        Raises :class:`EndOfChannel` once the sender closed and all is drained,
+        :class:`RemoteError` if it closed with an error, :class:`SessionLost` if the
+        peer is gone (after what arrived before), :class:`Timeout`.
+        """
+        with LOCK:
+            q = self._q
+            if q is not None and q.items:
+                return q.attempt_get()
+        return wait_sync(self._attempt_recv, timeout, "recv")
+
     def __iter__(self) -> Iterator[Any]:
         while True:
             try:
@@ -240,9 +255,6 @@ class Receiver:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<chan.Receiver {'open' if self._q is not None else 'closed'}>"
 
 
 def pipe(capacity: int = DEFAULT_CAPACITY) -> tuple[Sender, Receiver]:

@@ -14,17 +14,23 @@ from typing import Any, Iterable
 import zmq
 
 from . import protocol
-from ._hub import DealerOwner, RouterOwner, get_hub
+from types import SimpleNamespace
+
+from ._hub import DealerOwner, RouterOwner, _Link, get_hub
 from ._session import SessionCore
-from ._sync import LOCK, fresh, wait_sync
+from ._sync import LOCK, Waitable, fresh, wait_sync
 from .channel import MsgQueue, Receiver, Sender
 from .errors import ChannelError, ClosedChannelError, SessionLost, Timeout
+from .stream import ByteStream
 
 __all__ = ["CurveKeys", "Listener", "Session", "Settings", "connect", "listen"]
 
 Settings = protocol.Settings
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+# The classes the blocking front end gives to ends that arrive in messages.
+BLOCKING = SimpleNamespace(Sender=Sender, Receiver=Receiver, ByteStream=ByteStream)
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,10 @@ def _check_endpoint(endpoint: str) -> str:
     return re.sub(r"^(tcp://.*):0$", r"\1:*", endpoint)
 
 
-class Listener:
-    """Accepts the channels that peers open.  Use :func:`listen` to make one."""
+class ListenerBase:
+    """A bound ROUTER socket and its sessions; the front ends add how to wait."""
+
+    _flavor = BLOCKING
 
     def __init__(self, endpoint: str, settings: Settings | None = None,
                  curve: CurveKeys | None = None, allow: Iterable[bytes] | None = None) -> None:
@@ -61,7 +69,7 @@ class Listener:
 
         def make_core(link: Any) -> SessionCore:
             return SessionCore(protocol.Session(client=False, settings=settings_), link,
-                               accepts=self._accepts, name=self.endpoint)
+                               self._flavor, accepts=self._accepts, name=self.endpoint)
 
         def setup() -> tuple[zmq.Socket, RouterOwner, str]:
             sock, owner = hub.new_socket(
@@ -81,16 +89,12 @@ class Listener:
 
         self._sock, self._owner, self.endpoint = hub.call(setup)
 
-    def accept(self, timeout: float | None = None) -> Receiver:
-        """The Receiver of the next channel a peer opened (blocks until there is one)."""
-        def attempt() -> Any:
-            if self._closed:
-                raise ClosedChannelError("accept on a Listener that you closed")
-            return self._accepts.attempt_get()
-        return wait_sync(attempt, timeout, "accept")
+    def _attempt_accept(self) -> Any:
+        if self._closed:
+            raise ClosedChannelError("accept on a Listener that you closed")
+        return self._accepts.attempt_get()
 
-    def close(self) -> None:
-        """Stop listening; every session of this listener ends (peers see SessionLost)."""
+    def _close(self) -> None:
         with LOCK:
             if self._closed:
                 return
@@ -105,41 +109,52 @@ class Listener:
             self._hub.drop_socket(self._sock, linger=200)
         self._hub.call(teardown)
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.Listener {self.endpoint}{' closed' if self._closed else ''}>"
+
+
+class Listener(ListenerBase):
+    """Accepts the channels that peers open.  Use :func:`listen` to make one."""
+
+    def accept(self, timeout: float | None = None) -> Receiver:
+        """The Receiver of the next channel a peer opened (blocks until there is one)."""
+        return wait_sync(self._attempt_accept, timeout, "accept")
+
+    def close(self) -> None:
+        """Stop listening; every session of this listener ends (peers see SessionLost)."""
+        self._close()
+
     def __enter__(self) -> "Listener":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"<chan.Listener {self.endpoint}{' closed' if self._closed else ''}>"
 
+class SessionBase:
+    """A DEALER socket and its one session; the front ends add how to wait."""
 
-class Session:
-    """The connecting side of one session.  Use :func:`connect` to make one."""
+    _flavor = BLOCKING
 
     def __init__(self, endpoint: str, settings: Settings | None = None,
-                 curve: CurveKeys | None = None, server_key: bytes | None = None,
-                 timeout: float | None = None) -> None:
+                 curve: CurveKeys | None = None, server_key: bytes | None = None) -> None:
         endpoint = _check_endpoint(endpoint)
         self.endpoint = endpoint
         self.settings = settings or Settings()
+        self._curve = curve is not None
         hub = self._hub = get_hub()
         settings_ = self.settings
-        if timeout is None:
-            timeout = settings_.timeout_ms / 1000
+        if curve is not None and server_key is None:
+            raise ValueError("CurveZMQ needs the server's public key (server_key=)")
 
         def setup() -> tuple[zmq.Socket, SessionCore]:
             sock, owner = hub.new_socket(zmq.DEALER, lambda s: DealerOwner(hub, s),
                                          settings_.max_message + protocol.FRAME_OVERHEAD)
-            from ._hub import _Link
             core = SessionCore(protocol.Session(client=True, settings=settings_),
-                               _Link(hub, sock, None, owner), name=endpoint)
+                               _Link(hub, sock, None, owner), self._flavor, name=endpoint)
             owner.core = core
             try:
                 if curve is not None:
-                    if server_key is None:
-                        raise ValueError("CurveZMQ needs the server's public key (server_key=)")
                     sock.curve_serverkey = server_key
                     sock.curve_publickey = curve.public
                     sock.curve_secretkey = curve.secret
@@ -152,28 +167,49 @@ class Session:
 
         self._sock, self._core = hub.call(setup)
 
-        def handshaken() -> Any:
-            core = self._core
-            if core.closed:
-                raise fresh(core.error)
-            if core.proto.state == protocol.OPEN_STATE:
-                return True
-            return core.state
-        try:
-            wait_sync(handshaken, timeout, "connect")
-        except Timeout as exc:
-            self._abandon()
-            hint = " (with CurveZMQ: is our public key allowed there?)" if curve else ""
-            raise SessionLost(f"no answer from {endpoint} within {timeout} s: is a listener "
-                              f"running there{hint}?") from exc
+    def _attempt_handshake(self) -> Any:
+        core = self._core
+        if core.closed:
+            raise fresh(core.error)
+        if core.proto.state == protocol.OPEN_STATE:
+            return True
+        return core.state
 
-    def _abandon(self) -> None:
+    def _no_answer(self, timeout: float, exc: BaseException) -> SessionLost:
         def drop() -> None:
             self._core.proto.close_now(SessionLost("connection abandoned"))
             self._core.fail(ClosedChannelError("its session was closed"))
         self._hub.call(drop)
+        hint = " (with CurveZMQ: is our public key allowed there?)" if self._curve else ""
+        err = SessionLost(f"no answer from {self.endpoint} within {timeout} s: is a "
+                          f"listener running there{hint}?")
+        err.__cause__ = exc
+        return err
 
-    def open(self) -> Sender:
+    def _begin_close(self) -> bool:
+        """Send BYE; False when there is nothing to wait for."""
+        core = self._core
+        with LOCK:
+            if core.closed:
+                if isinstance(core.error, ClosedChannelError):
+                    return False
+                raise fresh(core.error)
+            core.proto.send_bye()
+            core.flush_soon()
+            return True
+
+    def _attempt_closed(self) -> Any:
+        core = self._core
+        if not core.closed:
+            return core.state
+        if isinstance(core.error, ClosedChannelError):
+            return None
+        raise fresh(core.error)
+
+    def _close_timeout(self, timeout: float | None) -> float:
+        return timeout if timeout is not None else 2 * self.settings.timeout_ms / 1000
+
+    def open(self) -> Any:
         """A new channel to the peer: its Receiver comes out of the peer's ``accept()``."""
         with LOCK:
             return self._core.open()
@@ -182,29 +218,25 @@ class Session:
     def closed(self) -> bool:
         return self._core.closed
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.Session {self.endpoint}{' closed' if self.closed else ''}>"
+
+
+class Session(SessionBase):
+    """The connecting side of one session.  Use :func:`connect` to make one."""
+
+    def open(self) -> Sender:
+        """A new channel to the peer: its Receiver comes out of the peer's ``accept()``."""
+        return super().open()
+
     def close(self, timeout: float | None = None) -> None:
         """End the session once the peer has received everything sent on it.
 
         Raises :class:`SessionLost` if the session had already failed or the peer could
         not confirm delivery.  Channels still open on it fail with ClosedChannelError.
         """
-        core = self._core
-        with LOCK:
-            if core.closed:
-                if isinstance(core.error, ClosedChannelError):
-                    return
-                raise fresh(core.error)
-            core.proto.send_bye()
-            core.flush_soon()
-
-        def closed() -> Any:
-            if not core.closed:
-                return core.state
-            if isinstance(core.error, ClosedChannelError):
-                return None
-            raise fresh(core.error)
-        wait_sync(closed, timeout if timeout is not None else
-                  2 * self.settings.timeout_ms / 1000, "close")
+        if self._begin_close():
+            wait_sync(self._attempt_closed, self._close_timeout(timeout), "close")
 
     def __enter__(self) -> "Session":
         return self
@@ -215,9 +247,6 @@ class Session:
         except (SessionLost, Timeout):
             if exc_type is None:
                 raise
-
-    def __repr__(self) -> str:
-        return f"<chan.Session {self.endpoint}{' closed' if self.closed else ''}>"
 
 
 def listen(endpoint: str, *, settings: Settings | None = None, curve: CurveKeys | None = None,
@@ -237,5 +266,10 @@ def connect(endpoint: str, *, settings: Settings | None = None, curve: CurveKeys
     Raises :class:`SessionLost` when nothing answers within ``timeout`` seconds
     (default: the settings' ``timeout_ms``).
     """
-    return Session(endpoint, settings=settings, curve=curve, server_key=server_key,
-                   timeout=timeout)
+    session = Session(endpoint, settings=settings, curve=curve, server_key=server_key)
+    timeout = session.settings.timeout_ms / 1000 if timeout is None else timeout
+    try:
+        wait_sync(session._attempt_handshake, timeout, "connect")
+    except Timeout as exc:
+        raise session._no_answer(timeout, exc) from exc
+    return session

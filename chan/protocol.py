@@ -157,7 +157,7 @@ class _Chan:
     """What the protocol knows of one channel: direction, credits, end state."""
 
     __slots__ = ("kind", "we_send", "we_recv", "credit", "allowed", "ended_out",
-                 "ended_in", "acked", "stopped")
+                 "ended_in", "acked", "stop_sent", "stopped_out")
 
     def __init__(self, kind: int, we_send: bool, we_recv: bool, credit: int, allowed: int):
         self.kind = kind
@@ -168,7 +168,8 @@ class _Chan:
         self.ended_out = False  # we sent END
         self.ended_in = False  # peer sent END
         self.acked = False  # peer acknowledged our END
-        self.stopped = False  # one side sent STOP
+        self.stop_sent = False  # we told the peer to stop sending (we no longer receive)
+        self.stopped_out = False  # the peer told us to stop sending
 
 
 # States of a session.
@@ -271,7 +272,7 @@ class Session:
     def grant(self, chid: int, n: int) -> None:
         """Let the peer send ``n`` more messages (or bytes) on ``chid``."""
         ch = self._channels.get(chid)
-        if ch is None or ch.ended_in or ch.stopped or self.state != OPEN_STATE:
+        if ch is None or ch.ended_in or self.state != OPEN_STATE:
             return
         ch.allowed += n
         self._queue([CREDIT, chid, n])
@@ -289,9 +290,9 @@ class Session:
     def send_stop(self, chid: int, error: tuple[str, str] | None = None) -> None:
         """We will not receive on ``chid`` any more; the peer's sends will fail."""
         ch = self._channels.get(chid)
-        if ch is None or ch.stopped:
+        if ch is None or ch.stop_sent or ch.ended_in:
             return
-        ch.stopped = True
+        ch.stop_sent = True
         ch.ended_in = True
         if self.state == OPEN_STATE:
             self._queue([STOP, chid, list(error) if error else None])
@@ -300,7 +301,7 @@ class Session:
     def _maybe_forget(self, chid: int, ch: _Chan) -> None:
         # A channel is forgotten once neither direction can carry anything more.  Late
         # frames for a forgotten id (<= the high-water mark) are dropped silently.
-        out_done = not ch.we_send or (ch.ended_out and ch.acked) or ch.stopped
+        out_done = not ch.we_send or (ch.ended_out and ch.acked) or ch.stopped_out
         in_done = not ch.we_recv or ch.ended_in
         if out_done and in_done:
             del self._channels[chid]
@@ -456,10 +457,10 @@ class Session:
             if type(n) is not int or n <= 0:
                 raise ValueError("CREDIT needs a positive count")
             ch = self._known(chid)
-            if ch is None or ch.ended_out or ch.stopped:
-                return
-            if not ch.we_send:
+            if ch is not None and not ch.we_send:
                 raise ValueError(f"CREDIT for channel {chid}, on which we do not send")
+            if ch is None or ch.ended_out or ch.stopped_out:
+                return
             ch.credit += n
             self._events.append(CreditGranted(chid, n))
         elif op == END:
@@ -488,7 +489,7 @@ class Session:
                 return
             if not ch.we_send:
                 raise ValueError(f"STOP for channel {chid}, on which we do not send")
-            ch.stopped = True
+            ch.stopped_out = True
             self._events.append(Stopped(chid, err))
             self._maybe_forget(chid, ch)
         elif op == OPEN:
@@ -587,7 +588,7 @@ class Session:
         if not ch.we_recv or (kind is not None and ch.kind != kind):
             raise ValueError(f"channel {chid} does not carry that towards us")
         if ch.ended_in:
-            if ch.stopped:
+            if ch.stop_sent:
                 return None  # we stopped receiving; the peer has not heard yet
             raise ValueError(f"frame on channel {chid} after its END")
         return ch

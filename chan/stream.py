@@ -142,12 +142,8 @@ class ByteQueue(Waitable):
         return None
 
 
-class ByteStream:
-    """One end of a duplex byte stream; file-like.  Send it in a message to hand it over.
-
-    ``read(n)`` returns up to ``n`` bytes as soon as any are there (``b""`` at EOF),
-    ``read()`` everything until EOF; ``write`` blocks while the peer's buffer is full.
-    """
+class ByteStreamBase:
+    """State of a stream end, shared by the blocking and asyncio front ends."""
 
     __slots__ = ("_rq", "_sink", "_gone", "__weakref__")
 
@@ -165,6 +161,58 @@ class ByteStream:
         if self._sink is None:
             raise ClosedChannelError(self._gone or "write on a stream that you closed")
         return self._sink
+
+    def _begin_close_write(self) -> Any:
+        with LOCK:
+            sink = self._sink
+            if sink is not None:
+                self._sink = None
+                sink.end(None)
+            return sink
+
+    def _begin_close(self, error: BaseException | None) -> Any:
+        with LOCK:
+            rq, sink = self._rq, self._sink
+            self._rq = self._sink = None
+            if rq is not None:
+                rq.close_reader()
+            if sink is not None:
+                sink.end(None if error is None else (error_code(error), str(error)))
+            return sink
+
+    def _moved(self) -> tuple[ByteQueue, Any]:
+        rq, sink = self._rq, self._sink
+        if rq is None or sink is None:
+            raise ClosedChannelError("cannot send a stream end that is (half) closed")
+        self._rq = self._sink = None
+        self._gone = "this stream end was sent away in a message; only the peer may use it now"
+        return rq, sink
+
+    @property
+    def closed(self) -> bool:
+        return self._rq is None and self._sink is None
+
+    def readable(self) -> bool:
+        return self._rq is not None
+
+    def writable(self) -> bool:
+        return self._sink is not None
+
+    def flush(self) -> None:
+        """Nothing to do: written bytes are already on their way."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.ByteStream {'closed' if self.closed else 'open'}>"
+
+
+class ByteStream(ByteStreamBase):
+    """One end of a duplex byte stream; file-like.  Send it in a message to hand it over.
+
+    ``read(n)`` returns up to ``n`` bytes as soon as any are there (``b""`` at EOF),
+    ``read()`` everything until EOF; ``write`` blocks while the peer's buffer is full.
+    """
+
+    __slots__ = ()
 
     def read(self, n: int = -1, timeout: float | None = None) -> bytes:
         """Up to ``n`` bytes (at least one, unless at EOF); with ``n < 0`` all until EOF."""
@@ -184,48 +232,17 @@ class ByteStream:
             off += taken
         return total
 
-    def flush(self) -> None:
-        """Nothing to do: written bytes are already on their way."""
-
     def close_write(self, timeout: float | None = None) -> None:
         """Send EOF: the peer's reads return ``b""`` once drained.  Waits for delivery."""
-        with LOCK:
-            sink = self._sink
-            if sink is None:
-                return
-            self._sink = None
-            sink.end(None)
-        wait_sync(sink.attempt_ended, timeout, "close_write")
+        sink = self._begin_close_write()
+        if sink is not None:
+            wait_sync(sink.attempt_ended, timeout, "close_write")
 
     def close(self, error: BaseException | None = None, timeout: float | None = None) -> None:
         """Close both directions (with ``error``, the peer's reads raise RemoteError)."""
-        with LOCK:
-            rq, sink = self._rq, self._sink
-            self._rq = self._sink = None
-            if rq is not None:
-                rq.close_reader()
-            if sink is not None:
-                sink.end(None if error is None else (error_code(error), str(error)))
+        sink = self._begin_close(error)
         if sink is not None:
             wait_sync(sink.attempt_ended, timeout, "close")
-
-    @property
-    def closed(self) -> bool:
-        return self._rq is None and self._sink is None
-
-    def readable(self) -> bool:
-        return self._rq is not None
-
-    def writable(self) -> bool:
-        return self._sink is not None
-
-    def _moved(self) -> tuple[ByteQueue, Any]:
-        rq, sink = self._rq, self._sink
-        if rq is None or sink is None:
-            raise ClosedChannelError("cannot send a stream end that is (half) closed")
-        self._rq = self._sink = None
-        self._gone = "this stream end was sent away in a message; only the peer may use it now"
-        return rq, sink
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
@@ -239,9 +256,6 @@ class ByteStream:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<chan.ByteStream {'closed' if self.closed else 'open'}>"
 
 
 def stream_pair(buffer: int = DEFAULT_BUFFER) -> tuple[ByteStream, ByteStream]:
