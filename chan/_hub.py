@@ -1,11 +1,25 @@
-"""The ZeroMQ transport: one I/O thread per process that owns every socket.
+"""The ZeroMQ transport: one I/O thread per process watches every socket.
 
-ZeroMQ sockets are not thread-safe, so one thread ("chan-io") polls all of them, feeds
-received frames to their :class:`SessionCore`, sends what the cores queued, ticks
-heartbeats and answers CurveZMQ authentication (ZAP) requests.  User threads only touch
-protocol state (under the lock) and wake the I/O thread through an eventfd when a
-session has something to send; while the I/O thread is busy, further records pile up
-in the session's current frame, which is how busy channels get batched.
+ZeroMQ sockets are not thread-safe, so every call on a socket is made under the chan
+lock, which serialises them (the memory barrier ZeroMQ asks for when a socket is used
+from several threads).  The I/O thread ("chan-io") never blocks inside a socket: it
+waits on the sockets' notification file descriptors (``zmq.FD``, edge-triggered, the way
+event loops integrate ZeroMQ), then takes the lock, receives until EAGAIN and feeds the
+frames to their :class:`SessionCore`.  It also ticks heartbeats and answers CurveZMQ
+authentication (ZAP) requests.
+
+Sending is "flush on block", like a Nagle that never waits on a blocked sender: records
+that user threads queue stay in their session's current frame until that thread blocks
+(``wait_sync`` calls :meth:`Hub.sleep_on`, which first sends every pending frame), until
+the frame is full, or at the latest ``NAGLE`` seconds later when the I/O thread sends
+them.  So a reply and the END that closes its channel leave as one frame, a busy channel
+batches hundreds of messages per frame, and a thread that waits for an answer has sent
+its request before it sleeps.  Because a send can swallow the edge of an
+incoming-message notification, every send is followed by a look at ``zmq.EVENTS``.
+
+Receiving: a thread that waits polls the sockets itself (besides its own alarm), so the
+frame it waits for is taken off the socket by the thread that wants it: no hop through
+the I/O thread, which is what keeps request/reply latency near raw ZeroMQ's.
 
 Transports only move bytes: they never look inside a frame.
 """
@@ -14,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import os
 import threading
 import time
@@ -22,11 +37,16 @@ from typing import Any, Callable
 
 import zmq
 
+from . import _sync
 from ._sync import LOCK
 from .errors import ChannelError, SessionLost
 
 TICK = 0.1  # seconds between heartbeat checks
 RECV_BATCH = 512  # frames taken from one socket before looking at the others
+# Longest a queued record waits for its thread to block before the I/O thread sends it.
+# (zmq_poll counts whole milliseconds: anything shorter would make the I/O thread spin.)
+NAGLE = 1e-3
+COPY_BELOW = 64 * 1024  # smaller frames are copied into zmq (cheaper than tracking them)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
@@ -40,19 +60,21 @@ class _Link:
 
     # called by the SessionCore, under the lock
     def flush_soon(self, core: Any) -> None:
-        self.hub.mark_dirty(self, core)
+        self.hub.flush_soon(self, core)
 
     def session_ended(self, core: Any) -> None:
         self.owner.session_ended(self, core)
 
-    # called by the I/O thread, outside the lock
     def send(self, frames: list) -> None:
+        """Under the lock, from any thread."""
+        sock = self.sock
         if self.ident is None:
             for frame in frames:
-                self.sock.send(frame, zmq.NOBLOCK, copy=False)
+                sock.send(frame, zmq.NOBLOCK, copy=len(frame) < COPY_BELOW)
         else:
             for frame in frames:
-                self.sock.send_multipart((self.ident, frame), zmq.NOBLOCK, copy=False)
+                sock.send_multipart((self.ident, frame), zmq.NOBLOCK,
+                                    copy=len(frame) < COPY_BELOW)
 
 
 class DealerOwner:
@@ -62,17 +84,22 @@ class DealerOwner:
         self.hub, self.sock = hub, sock
         self.core: Any = None
 
-    def on_readable(self) -> None:
+    def pump_in(self) -> bool:
+        """Receive what is waiting; True if the batch limit stopped it early."""
         sock, core = self.sock, self.core
         for _ in range(RECV_BATCH):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             if sock.rcvmore:
                 core.violation("multipart transport messages are not part of the protocol")
-                return
-            core.feed(frame)
+                while sock.rcvmore:
+                    sock.recv()
+                continue
+            if not core.closed:
+                core.feed(frame)
+        return True
 
     def cores(self):
         return (self.core,) if self.core is not None and not self.core.closed else ()
@@ -89,13 +116,14 @@ class RouterOwner:
         self.make_core = make_core
         self.sessions: dict[bytes, Any] = {}
 
-    def on_readable(self) -> None:
+    def pump_in(self) -> bool:
+        """Receive what is waiting; True if the batch limit stopped it early."""
         sock, sessions = self.sock, self.sessions
         for _ in range(RECV_BATCH):
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             ident = parts[0]
             core = sessions.get(ident)
             if core is None:
@@ -105,6 +133,7 @@ class RouterOwner:
                 core.violation("multipart transport messages are not part of the protocol")
             else:
                 core.feed(parts[1])
+        return True
 
     def cores(self):
         return list(self.sessions.values())
@@ -120,10 +149,17 @@ class Hub:
     def __init__(self) -> None:
         self.ctx = zmq.Context()
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.poller = zmq.Poller()
-        self.poller.register(self.efd, zmq.POLLIN)
         self.owners: dict[zmq.Socket, Any] = {}
+        self.by_fd: dict[int, Any] = {}
+        self.generation = 0  # bumped whenever the set of sockets changes
+        self._local = threading.local()  # per waiting thread: its poller
         self.dirty: list[tuple[_Link, Any]] = []
+        self.dirty_since = 0.0  # when a user thread first queued what is in self.dirty
+        self.io_dirty = False  # the I/O thread queued records itself: flush this round
+        self.recheck: set[Any] = set()  # owners that may have frames waiting
+        self.pollers = 0  # user threads polling the sockets in sleep_on
+        self.io_bare = False  # the I/O thread sleeps without watching the sockets
+        self.failed: list[tuple[Any, zmq.ZMQError]] = []
         self.closing: list[zmq.Socket] = []
         self.commands: deque = deque()
         self.signalled = False
@@ -134,21 +170,110 @@ class Hub:
         self.thread = threading.Thread(target=self._run, name="chan-io", daemon=True)
         self.thread.start()
 
-    # ---------------------------------------------------------------- any thread
+    # ---------------------------------------------------------------- under the lock
     def _signal(self) -> None:
         if not self.signalled:
             self.signalled = True
             os.eventfd_write(self.efd, 1)
 
-    def mark_dirty(self, link: _Link, core: Any) -> None:
+    def flush_soon(self, link: _Link, core: Any) -> None:
+        """``core`` has records to send: they leave when this thread blocks (see above)."""
+        if core.proto.frames_ready():
+            self._send(link, core)  # a full frame: no reason to wait
+        if core.dirty:
+            return
+        core.dirty = True
         self.dirty.append((link, core))
-        if threading.current_thread() is not self.thread:
+        if threading.current_thread() is self.thread:
+            self.io_dirty = True
+        elif not self.dirty_since:
+            self.dirty_since = time.monotonic()
+            self._signal()  # arms the I/O thread's NAGLE timer
+
+    def _send(self, link: _Link, core: Any) -> None:
+        frames = core.proto.data_to_send()
+        if not frames:
+            return
+        try:
+            link.send(frames)
+        except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY) or worse
+            self.failed.append((core, exc))
             self._signal()
+            return
+        # A send processes the socket's pending commands and may swallow the edge that
+        # would have told the I/O thread about an incoming frame: look, and tell it.
+        if link.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.recheck.add(link.owner)
+            self._signal()
+
+    def _pump(self, owner: Any) -> None:
+        """Under the lock, any thread: take what waits on the owner's socket."""
+        if owner.sock in self.owners:
+            # zmq.EVENTS resets the notification fd's edge; then receive everything.
+            owner.sock.getsockopt(zmq.EVENTS)
+            if owner.pump_in():
+                self.recheck.add(owner)  # batch limit: come back without sleeping
+                self._signal()
+
+    def sleep_on(self, alarm: Any, timeout: float | None) -> bool:
+        """_sync.POLL_HOOK: a user thread waits for its alarm and meanwhile receives from
+        the sockets itself, so what it waits for needs no thread hop.  While any thread
+        does this, the I/O thread leaves the sockets alone (see _run)."""
+        local = self._local
+        poller = getattr(local, "poller", None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with LOCK:
+            self.pollers += 1
+        try:
+            while True:
+                if self.dirty:
+                    with LOCK:
+                        self._flush_now()
+                if poller is None or local.generation != self.generation \
+                        or local.fd != alarm.fd:
+                    with LOCK:
+                        poller = self._make_poller(alarm.fd, sockets=True)
+                        local.poller, local.generation, local.fd = \
+                            poller, self.generation, alarm.fd
+                if deadline is None:
+                    ready = poller.poll()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return alarm.rung
+                    ready = poller.poll(math.ceil(remaining * 1000))
+                with LOCK:
+                    for fd, _ in ready:
+                        if fd != alarm.fd:
+                            owner = self.by_fd.get(fd)
+                            if owner is not None:
+                                self._pump(owner)
+                # Rung while pumping: return before flushing what the pumping queued
+                # (acknowledgements), so it leaves with what this thread sends next.
+                if alarm.rung:
+                    return True
+        finally:
+            with LOCK:
+                self.pollers -= 1
+                if not self.pollers and self.io_bare:
+                    # The I/O thread must watch the sockets again; an edge consumed
+                    # meanwhile would be lost without a look at every socket.
+                    self.recheck.update(self.owners.values())
+                    self._signal()
+
+    def _make_poller(self, fd: int, sockets: bool) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(fd, zmq.POLLIN)
+        if sockets:
+            for sock_fd in self.by_fd:
+                poller.register(sock_fd, zmq.POLLIN)
+        if self.zap is not None and fd == self.efd:
+            poller.register(self.zap, zmq.POLLIN)
+        return poller
 
     def close_after_flush(self, sock: zmq.Socket) -> None:
         self.closing.append(sock)
-        if threading.current_thread() is not self.thread:
-            self._signal()
+        self._signal()
 
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn`` on the I/O thread (under the lock) and return its result."""
@@ -189,14 +314,20 @@ class Hub:
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         owner = owner_factory(sock)
+        fd = sock.getsockopt(zmq.FD)
         self.owners[sock] = owner
-        self.poller.register(sock, zmq.POLLIN)
+        self.by_fd[fd] = owner
+        self.generation += 1
+        self.recheck.add(owner)
         return sock, owner
 
     def drop_socket(self, sock: zmq.Socket, linger: int = 1000) -> None:
-        if sock in self.owners:
-            del self.owners[sock]
-            self.poller.unregister(sock)
+        owner = self.owners.pop(sock, None)
+        if owner is not None:
+            fd = sock.getsockopt(zmq.FD)
+            self.by_fd.pop(fd, None)
+            self.generation += 1
+            self.recheck.discard(owner)
             sock.close(linger=linger)
 
     def enable_zap(self, allowed: set[bytes]) -> str:
@@ -205,7 +336,6 @@ class Hub:
             self.zap = self.ctx.socket(zmq.REP)
             self.zap.linger = 0
             self.zap.bind(ZAP_ENDPOINT)
-            self.poller.register(self.zap, zmq.POLLIN)
         domain = f"chan-{next(self._domain_ids)}"
         self.zap_domains[domain] = allowed
         return domain
@@ -226,70 +356,82 @@ class Hub:
             self.zap.send_multipart(reply)
 
     def _run(self) -> None:
-        poll = self.poller.poll
         next_tick = time.monotonic() + TICK
+        polling: tuple = (None, None)  # (generation, with sockets) the pollers were made for
+        full = bare = zmq.Poller()
         while not self.stopped:
-            timeout = max(0.0, next_tick - time.monotonic())
+            now = time.monotonic()
+            if self.recheck:
+                timeout = 0.0
+            elif self.dirty_since:
+                timeout = max(0.0, min(next_tick, self.dirty_since + NAGLE) - now)
+            else:
+                timeout = max(0.0, next_tick - now)
+            if polling != (self.generation, self.zap is not None):
+                with LOCK:
+                    polling = (self.generation, self.zap is not None)
+                    full = self._make_poller(self.efd, sockets=True)
+                    bare = self._make_poller(self.efd, sockets=False)
+            # While a user thread polls the sockets, this thread keeps off them: two
+            # threads woken for one frame would fight over it (and the GIL).
+            self.io_bare = bool(self.pollers)
             try:
-                ready = poll(timeout * 1000)
+                ready = (bare if self.io_bare else full).poll(math.ceil(timeout * 1000))
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.ETERM:
                     return
                 raise
             with LOCK:
-                for sock, _ in ready:
-                    if sock == self.efd:
-                        try:
-                            os.eventfd_read(self.efd)
-                        except BlockingIOError:
-                            pass
-                        self.signalled = False
-                    elif sock is self.zap:
-                        self._answer_zap()
-                    else:
-                        owner = self.owners.get(sock)
-                        if owner is not None:
-                            owner.on_readable()
-                while self.commands:
-                    self.commands.popleft()()
+                self._iteration(ready)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK
                     for owner in list(self.owners.values()):
                         for core in owner.cores():
                             core.tick()
-                dirty, self.dirty = self.dirty, []
-                out = []
-                for link, core in dirty:
-                    core.dirty = False
-                    frames = core.proto.data_to_send()
-                    if frames:
-                        out.append((link, core, frames))
-            failed = []
-            for link, core, frames in out:
+                if self.io_dirty or (self.dirty_since and now >= self.dirty_since + NAGLE):
+                    self._flush_now()
+
+    def _iteration(self, ready: list) -> None:
+        check = self.recheck
+        self.recheck = set()
+        for fd, _ in ready:
+            if fd == self.efd:
                 try:
-                    link.send(frames)
-                except zmq.ZMQError as exc:
-                    failed.append((core, exc))
-            with LOCK:
-                for core, exc in failed:
-                    err = SessionLost(f"the peer is unreachable: {exc.strerror}")
-                    err.__cause__ = exc
-                    core.proto.close_now(err)
-                    core.fail(err)
-                if self.closing and not self.dirty:
-                    closing, self.closing = self.closing, []
-                    for sock in closing:
-                        self.drop_socket(sock)
+                    os.eventfd_read(self.efd)
+                except BlockingIOError:
+                    pass
+                self.signalled = False
+            elif fd is self.zap:
+                self._answer_zap()
+            elif not self.pollers:  # else a waiting user thread takes it (see above)
+                owner = self.by_fd.get(fd)
+                if owner is not None:
+                    check.add(owner)
+        while self.commands:
+            self.commands.popleft()()
+        for owner in check:
+            self._pump(owner)
+        failed, self.failed = self.failed, []
+        for core, exc in failed:
+            err = SessionLost(f"the peer is unreachable: {exc.strerror}")
+            err.__cause__ = exc
+            core.proto.close_now(err)
+            core.fail(err)
 
     def _flush_now(self) -> None:
-        dirty, self.dirty = self.dirty, []
-        for link, core in dirty:
-            core.dirty = False
-            try:
-                link.send(core.proto.data_to_send())
-            except zmq.ZMQError:
-                pass  # exiting anyway
+        """Send what every dirty session queued; close sockets whose session ended."""
+        self.dirty_since = 0.0
+        self.io_dirty = False
+        while self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for link, core in dirty:
+                core.dirty = False
+                self._send(link, core)
+        if self.closing and threading.current_thread() is self.thread:
+            closing, self.closing = self.closing, []
+            for sock in closing:
+                self.drop_socket(sock)
 
     def shutdown(self) -> None:
         """Tell every peer this process is going away, deliver that, and stop (at exit)."""
@@ -302,7 +444,6 @@ class Hub:
             for sock in list(self.owners):
                 self.drop_socket(sock, linger=500)
             if self.zap is not None:
-                self.poller.unregister(self.zap)
                 self.zap.close(linger=0)
             self.stopped = True
         try:
@@ -323,6 +464,8 @@ def get_hub() -> Hub:
         with LOCK:
             if _hub is None:
                 _hub = Hub()
+                _sync.POLL_HOOK = _hub.sleep_on
+                _sync.FLUSH_HOOK = _hub._flush_now
             hub = _hub
     return hub
 
@@ -332,6 +475,7 @@ def _forget_after_fork() -> None:
     # be used there: start afresh on first use.
     global _hub
     _hub = None
+    _sync.POLL_HOOK = _sync.FLUSH_HOOK = None
 
 
 def _at_exit() -> None:

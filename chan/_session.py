@@ -10,6 +10,7 @@ Everything here runs under ``_sync.LOCK``.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from . import codec, protocol
@@ -27,15 +28,29 @@ class InChan:
     consumer takes, and tells the peer to STOP when the consumer goes away.
     """
 
-    __slots__ = ("core", "chid", "pending", "threshold")
+    __slots__ = ("core", "chid", "pending", "threshold", "costs")
 
-    def __init__(self, core: "SessionCore", chid: int, window: int) -> None:
+    def __init__(self, core: "SessionCore", chid: int, window: int, counted: bool) -> None:
         self.core, self.chid = core, chid
         self.pending = 0
-        # Granting in halves of the window keeps the sender busy with half the records.
-        self.threshold = max(1, window // 2)
+        # Granting each quarter of the window as it frees up keeps the sender from
+        # stalling for a round trip while the receiver keeps up.
+        self.threshold = max(1, window // 4)
+        # Message channels: the credit each queued message cost, in queue order.
+        self.costs: deque[int] | None = deque() if counted else None
+
+    def deliver(self, value: Any, cost: int) -> None:
+        """A message from the peer, into the local queue."""
+        self.costs.append(cost)
+        self.core.ins[self.chid].put_nowait(value)
 
     def taken(self, n: int) -> None:
+        costs = self.costs
+        if costs is not None:  # n messages: return what each cost
+            k = 0
+            for _ in range(min(n, len(costs))):
+                k += costs.popleft()
+            n = k
         self.pending += n
         if self.pending >= self.threshold:
             self.core.proto.grant(self.chid, self.pending)
@@ -128,13 +143,17 @@ class SessionCore:
         self.state = Waitable()  # woken on handshake, close and failure
         self.error: BaseException | None = None
         self.closed = False  # the session is over (cleanly or not)
-        self.dirty = False  # queued in the transport for a flush
+        self.clean_end = False  # ... ended on purpose by us or by the peer
+        self.dirty = False  # the transport will flush it (set and cleared by the transport)
         self.max_send = proto.settings.max_message
+        self._found: list[tuple[Any, int]] = []  # ends met by the encoder in this message
+        self._pack = codec.encoder(self._to_ref)
+        self._decode = codec.decoder(self._from_ref)
 
     # ---------------------------------------------------------------- transport side
     def flush_soon(self) -> None:
+        """Records are queued: have the transport send them (now or batched)."""
         if not self.dirty:
-            self.dirty = True
             self.transport.flush_soon(self)
 
     def feed(self, frame: bytes) -> None:
@@ -170,9 +189,9 @@ class SessionCore:
         cls = type(event)
         if cls is protocol.MessageReceived:
             q = self.ins.get(event.chid)
-            value = codec.decode(event.payload, self._from_ref)
+            value = self._decode(event.payload)
             if q is not None:
-                q.put_nowait(value)
+                q.upstream.deliver(value, len(event.payload) + protocol.MSG_COST)
         elif cls is protocol.DataReceived:
             q = self.ins.get(event.chid)
             if q is not None:
@@ -198,7 +217,7 @@ class SessionCore:
         elif cls is protocol.ChannelOpened:
             if self.accepts is None:
                 raise ProtocolError("the listening side may not open channels")
-            q = self._inbound(MsgQueue(self.proto.settings.window), event.chid,
+            q = self._inbound(MsgQueue(), event.chid,
                               self.proto.settings.window)
             self.accepts.put_nowait(self.flavor.Receiver(q))
         elif cls is protocol.Handshaken:
@@ -206,18 +225,23 @@ class SessionCore:
             self.max_send = min(self.proto.settings.max_message, peer.max_message)
             self.state._wake()
         elif cls is protocol.ByeReceived:
-            self.fail(SessionLost("the peer closed the session"))
+            self.fail(SessionLost("the peer closed the session"), clean=True)
         elif cls is protocol.ByeAcked:
             self.fail(ClosedChannelError("its session was closed"))
         elif cls is protocol.SessionFailed:
-            self.fail(event.error)
+            self.fail(event.error, clean=event.code == protocol.SHUTDOWN)
 
-    def fail(self, error: BaseException) -> None:
-        """The session is over: every end attached to it fails with ``error``."""
+    def fail(self, error: BaseException, clean: bool = False) -> None:
+        """The session is over: every end attached to it fails with ``error``.
+
+        ``clean``: the peer ended it on purpose (BYE, or its listener/process shut down),
+        so closing our side has nothing left to report.
+        """
         if self.closed:
             return
         self.closed = True
         self.error = error
+        self.clean_end = clean or isinstance(error, ClosedChannelError)
         ins, outs = self.ins, self.outs
         self.ins, self.outs = {}, {}
         for q in ins.values():
@@ -230,7 +254,7 @@ class SessionCore:
 
     # ---------------------------------------------------------------- references
     def _inbound(self, q: Any, chid: int, window: int) -> Any:
-        q.upstream = InChan(self, chid, window)
+        q.upstream = InChan(self, chid, window, counted=isinstance(q, MsgQueue))
         self.ins[chid] = q
         return q
 
@@ -243,12 +267,35 @@ class SessionCore:
             return self.flavor.Sender(sink)
         if code == codec.EXT_RECEIVER:
             proto.register_peer_channel(chid, protocol.KIND_CHANNEL, we_send=False, we_recv=True)
-            return self.flavor.Receiver(self._inbound(MsgQueue(ours.window), chid, ours.window))
+            return self.flavor.Receiver(self._inbound(MsgQueue(), chid, ours.window))
         proto.register_peer_channel(chid, protocol.KIND_STREAM, we_send=True, we_recv=True)
         sink = RemoteByteSink(self, chid)
         self.outs[chid] = sink
         rq = self._inbound(ByteQueue(ours.stream_window), chid, ours.stream_window)
         return self.flavor.ByteStream(rq, sink)
+
+    def _to_ref(self, obj: Any) -> Any:
+        """The encoder's hook: a channel end becomes a reference to a new channel id."""
+        if isinstance(obj, SenderBase):
+            code, kind, send, recv = codec.EXT_SENDER, protocol.KIND_CHANNEL, False, True
+            if obj._sink is None:
+                raise ClosedChannelError(obj._gone or "cannot send a closed Sender")
+        elif isinstance(obj, ReceiverBase):
+            code, kind, send, recv = codec.EXT_RECEIVER, protocol.KIND_CHANNEL, True, False
+            if obj._q is None:
+                raise ClosedChannelError(obj._gone or "cannot send a closed Receiver")
+        elif isinstance(obj, ByteStreamBase):
+            code, kind, send, recv = codec.EXT_STREAM, protocol.KIND_STREAM, True, True
+            if obj._rq is None or obj._sink is None:
+                raise ClosedChannelError("cannot send a stream end that is (half) closed")
+        else:
+            raise codec.unsupported(obj)
+        found = self._found
+        if any(o is obj for o, _ in found):
+            raise ValueError(f"{obj!r} appears twice in one message")
+        chid = self.proto.new_channel(kind, send, recv)
+        found.append((obj, chid))
+        return codec.ref(code, chid)
 
     def encode(self, msg: Any) -> bytes:
         """Serialise ``msg`` for the peer, attaching the ends it carries to this session.
@@ -256,42 +303,24 @@ class SessionCore:
         The ends are only taken over once the message is known to fit: a message that
         raises (too large, not serialisable) leaves every end as it was.
         """
-        found: list[tuple[Any, int]] = []
-        proto = self.proto
-
-        def to_ref(obj: Any) -> Any:
-            if isinstance(obj, SenderBase):
-                code, kind, send, recv = codec.EXT_SENDER, protocol.KIND_CHANNEL, False, True
-                if obj._sink is None:
-                    raise ClosedChannelError(obj._gone or "cannot send a closed Sender")
-            elif isinstance(obj, ReceiverBase):
-                code, kind, send, recv = codec.EXT_RECEIVER, protocol.KIND_CHANNEL, True, False
-                if obj._q is None:
-                    raise ClosedChannelError(obj._gone or "cannot send a closed Receiver")
-            elif isinstance(obj, ByteStreamBase):
-                code, kind, send, recv = codec.EXT_STREAM, protocol.KIND_STREAM, True, True
-                if obj._rq is None or obj._sink is None:
-                    raise ClosedChannelError("cannot send a stream end that is (half) closed")
-            else:
-                raise codec.unsupported(obj)
-            if any(o is obj for o, _ in found):
-                raise ValueError(f"{obj!r} appears twice in one message")
-            chid = proto.new_channel(kind, send, recv)
-            found.append((obj, chid))
-            return codec.ref(code, chid)
-
+        found = self._found
         try:
-            payload = codec.encode(msg, to_ref)
+            payload = self._pack(msg)
             if len(payload) > self.max_send:
                 raise MessageTooLarge(
                     f"message of {len(payload)} bytes exceeds the session's limit of "
                     f"{self.max_send} bytes (max_message); send big data through a ByteStream")
         except BaseException:
             for _, chid in found:
-                proto.forget_channel(chid)
+                self.proto.forget_channel(chid)
+            found.clear()
             raise
-        for obj, chid in found:
-            self._attach(obj, chid)
+        if found:
+            # Copy first: attaching may start a relay that encodes into this session.
+            ends = found[:]
+            found.clear()
+            for obj, chid in ends:
+                self._attach(obj, chid)
         return payload
 
     def _attach(self, obj: Any, chid: int) -> None:
@@ -305,7 +334,7 @@ class SessionCore:
                     sink.upstream.abandon(RECEIVER_CLOSED)
             else:
                 # A Sender of another session: relay through a queue of our own.
-                MsgPump(self._inbound(MsgQueue(ours.window), chid, ours.window), sink)
+                MsgPump(self._inbound(MsgQueue(), chid, ours.window), sink)
         elif isinstance(obj, ReceiverBase):
             sink = RemoteSink(self, chid)
             self.outs[chid] = sink

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import select
 import threading
 import time
 from typing import Any, Callable
@@ -24,8 +25,11 @@ LOCK = threading.RLock()
 
 
 def _reinit_after_fork() -> None:
-    # A fork while another thread held the lock would leave it locked forever.
+    # A fork while another thread held the lock would leave it locked forever; and the
+    # parent's alarms (eventfds) must not be shared with the child.
+    global _local
     LOCK._at_fork_reinit()  # type: ignore[attr-defined]
+    _local = threading.local()
 
 
 os.register_at_fork(after_in_child=_reinit_after_fork)
@@ -61,6 +65,61 @@ def fresh(exc: BaseException) -> BaseException:
     return new
 
 
+class _Alarm:
+    """How a blocked thread is woken: an eventfd that :meth:`ring` makes readable.
+
+    A file descriptor (not a threading.Event) so that a waiting thread can sleep in
+    ``poll`` on its alarm and on the transport's sockets at once (see ``POLL_HOOK``).
+    """
+
+    __slots__ = ("fd", "rung", "owner")
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.rung = False
+        self.owner = threading.get_ident()
+
+    def ring(self) -> None:
+        self.rung = True
+        if threading.get_ident() != self.owner:  # the owner itself is not asleep
+            os.eventfd_write(self.fd, 1)
+
+    def clear(self) -> None:
+        self.rung = False
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+_local = threading.local()
+
+
+def _alarm() -> _Alarm:
+    alarm = getattr(_local, "alarm", None)
+    if alarm is None:
+        alarm = _local.alarm = _Alarm()
+    return alarm
+
+
+def _sleep_on(alarm: _Alarm, timeout: float | None) -> bool:
+    """Block until the alarm rings; False on timeout."""
+    return alarm.rung or bool(select.select([alarm.fd], [], [], timeout)[0])
+
+
+# Set by the ZeroMQ transport once it runs: ``hook(alarm, timeout) -> bool`` sleeps like
+# _sleep_on but also receives on the transport's sockets meanwhile, so a thread waiting
+# for a reply takes it off the socket itself instead of being woken by the I/O thread
+# (one thread hop less per message: the latency of request/reply).
+POLL_HOOK: Callable[[_Alarm, float | None], bool] | None = None
+# Set with POLL_HOOK: sends what sessions queued; called (under the lock) by front ends
+# that sleep without POLL_HOOK (asyncio) right before they sleep.
+FLUSH_HOOK: Callable[[], None] | None = None
+
+
 def wait_sync(attempt: Callable[[], Any], timeout: float | None, what: str) -> Any:
     """Run ``attempt()`` under the lock until it returns something other than a Waitable.
 
@@ -68,30 +127,25 @@ def wait_sync(attempt: Callable[[], Any], timeout: float | None, what: str) -> A
     Raises :class:`chan.Timeout` after ``timeout`` seconds.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    event = None
+    alarm = _alarm()
     while True:
         with LOCK:
             result = attempt()
             if not isinstance(result, Waitable):
                 return result
-            if event is None:
-                event = threading.Event()
-            else:
-                event.clear()
-            result._waiters.append(event.set)
-        if deadline is None:
-            event.wait()
+            alarm.clear()
+            result._waiters.append(alarm.ring)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        sleep = POLL_HOOK or _sleep_on
+        if sleep(alarm, remaining) or deadline is None:
             continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not event.wait(remaining):
-            with LOCK:
-                result._unwait(event.set)
+        with LOCK:
+            result._unwait(alarm.ring)
             # One last try: the state may have changed just as the timer ran out.
-            with LOCK:
-                final = attempt()
-            if not isinstance(final, Waitable):
-                return final
-            raise Timeout(f"{what} timed out after {timeout} s")
+            final = attempt()
+        if not isinstance(final, Waitable):
+            return final
+        raise Timeout(f"{what} timed out after {timeout} s")
 
 
 class Pump:

@@ -21,6 +21,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Callable, Iterable
 
+from . import _sync
 from ._sync import LOCK, Waitable
 from .channel import DEFAULT_CAPACITY, MsgQueue, ReceiverBase, SenderBase
 from .errors import (ChannelError, ClosedChannelError, EndOfChannel, MessageTooLarge,
@@ -66,6 +67,9 @@ async def wait_async(attempt: Callable[[], Any], timeout: float | None, what: st
             fut = loop.create_future()
             wake = _waker(loop, fut)
             result._waiters.append(wake)
+            flush = _sync.FLUSH_HOOK
+            if flush is not None:
+                flush()  # what this task queued leaves before it sleeps (see _hub)
         try:
             if deadline is None:
                 await fut

@@ -45,8 +45,9 @@ def encode(value: Any, to_ref: Callable[[Any], msgpack.ExtType]) -> bytes:
     return msgpack.packb(value, default=to_ref, use_bin_type=True, datetime=False)
 
 
-def decode(payload: bytes, from_ref: Callable[[int, int], Any]) -> Any:
-    """Deserialise one message; ``from_ref(code, chid)`` builds each channel end found.
+def decoder(from_ref: Callable[[int, int], Any]) -> Callable[[bytes], Any]:
+    """A function that deserialises one message; ``from_ref(code, chid)`` builds each
+    channel end found.
 
     Malformed msgpack, trailing bytes and unknown ext types raise :class:`ProtocolError`.
     """
@@ -55,15 +56,29 @@ def decode(payload: bytes, from_ref: Callable[[int, int], Any]) -> Any:
             raise ProtocolError(f"unknown reference: ext type {code} with {len(data)} bytes")
         return from_ref(code, _ID.unpack(data)[0])
 
-    try:
-        return msgpack.unpackb(payload, ext_hook=ext_hook, raw=False, strict_map_key=False,
-                               use_list=True)
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        # FormatError, StackError, ExtraData, OutOfData, UnicodeDecodeError,
-        # unhashable map keys: all mean the peer sent something that is not a message.
-        raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}") from exc
+    unpackb = msgpack.unpackb
+
+    def decode_one(payload: bytes) -> Any:
+        try:
+            return unpackb(payload, ext_hook=ext_hook, raw=False, strict_map_key=False)
+        except ProtocolError:
+            raise
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            # FormatError, StackError, ExtraData, OutOfData, UnicodeDecodeError,
+            # unhashable map keys: all mean the peer sent something that is not a message.
+            raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}") from exc
+
+    return decode_one
+
+
+def decode(payload: bytes, from_ref: Callable[[int, int], Any]) -> Any:
+    """Deserialise one message (see :func:`decoder`)."""
+    return decoder(from_ref)(payload)
+
+
+def encoder(to_ref: Callable[[Any], msgpack.ExtType]) -> Callable[[Any], bytes]:
+    """A reusable :func:`encode` bound to ``to_ref`` (saves making a Packer per message)."""
+    return msgpack.Packer(default=to_ref, use_bin_type=True, datetime=False).pack
 
 
 def unsupported(obj: Any) -> TypeError:

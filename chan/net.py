@@ -104,6 +104,7 @@ class ListenerBase:
         def teardown() -> None:
             for core in self._owner.cores():
                 core.proto.abort(protocol.SHUTDOWN, "the listener was closed")
+                core.flush_soon()
                 core.fail(SessionLost("the listener was closed"))
             self._hub._flush_now()
             self._hub.drop_socket(self._sock, linger=200)
@@ -191,7 +192,7 @@ class SessionBase:
         core = self._core
         with LOCK:
             if core.closed:
-                if isinstance(core.error, ClosedChannelError):
+                if core.clean_end:
                     return False
                 raise fresh(core.error)
             core.proto.send_bye()
@@ -202,7 +203,7 @@ class SessionBase:
         core = self._core
         if not core.closed:
             return core.state
-        if isinstance(core.error, ClosedChannelError):
+        if core.clean_end:
             return None
         raise fresh(core.error)
 
@@ -232,8 +233,9 @@ class Session(SessionBase):
     def close(self, timeout: float | None = None) -> None:
         """End the session once the peer has received everything sent on it.
 
-        Raises :class:`SessionLost` if the session had already failed or the peer could
-        not confirm delivery.  Channels still open on it fail with ClosedChannelError.
+        Raises :class:`SessionLost` if the session failed (peer died, protocol error) or
+        the peer could not confirm delivery; a session the peer ended on purpose closes
+        quietly.  Channels still open on it fail with ClosedChannelError.
         """
         if self._begin_close():
             wait_sync(self._attempt_closed, self._close_timeout(timeout), "close")

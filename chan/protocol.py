@@ -18,7 +18,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import msgpack
 
@@ -55,8 +55,8 @@ SHUTDOWN = "Shutdown"
 class Settings:
     """What one side tells the other in its HELLO/WELCOME."""
 
-    window: int = 256  # messages a channel may have in flight towards us
-    stream_window: int = 256 * 1024  # bytes a stream may have in flight towards us
+    window: int = 1 << 20  # cost units (see MSG_COST) a channel may have in flight to us
+    stream_window: int = 1 << 20  # bytes a stream may have in flight towards us
     max_message: int = 64 * 1024 * 1024  # largest MSG payload / DATA chunk we accept
     heartbeat_ms: int = 1000  # we send a PING when idle this long
     timeout_ms: int = 3000  # we declare the peer dead after this long without a frame
@@ -72,79 +72,76 @@ class Settings:
 
 
 FRAME_OVERHEAD = 64  # bytes a record adds around its payload, at most
+# A message costs its payload's length plus MSG_COST credit units: windows bound the
+# bytes in flight, and the per-message term bounds how many tiny messages pile up.
+MSG_COST = 64
 BATCH_BYTES = 256 * 1024  # small records are batched into frames up to this size
 
 
 # ---------------------------------------------------------------------------- events
-@dataclass(frozen=True)
-class Handshaken:
+# Events are immutable named tuples: cheap to make on the per-message path.
+class Handshaken(NamedTuple):
     """The peer answered the handshake; ``settings`` are its."""
 
     peer_settings: Settings
     peer_nonce: bytes
 
 
-@dataclass(frozen=True)
-class ChannelOpened:
+class ChannelOpened(NamedTuple):
     """The peer opened channel ``chid`` (it sends, we receive): a listener's accept()."""
 
     chid: int
 
 
-@dataclass(frozen=True)
-class MessageReceived:
+class MessageReceived(NamedTuple):
     chid: int
     payload: bytes
 
 
-@dataclass(frozen=True)
-class DataReceived:
+class DataReceived(NamedTuple):
     chid: int
     data: bytes
 
 
-@dataclass(frozen=True)
-class CreditGranted:
+class CreditGranted(NamedTuple):
     chid: int
     n: int
 
 
-@dataclass(frozen=True)
-class Ended:
+class Ended(NamedTuple):
     """The peer finished sending on ``chid``; ``error`` is None or (code, message)."""
 
     chid: int
     error: tuple[str, str] | None
 
 
-@dataclass(frozen=True)
-class EndAcked:
+class EndAcked(NamedTuple):
     chid: int
 
 
-@dataclass(frozen=True)
-class Stopped:
+class Stopped(NamedTuple):
     """The peer stopped receiving on ``chid``: our further sends must fail."""
 
     chid: int
     error: tuple[str, str] | None
 
 
-@dataclass(frozen=True)
-class ByeReceived:
+class ByeReceived(NamedTuple):
     """The peer closed the session gracefully (we have acknowledged it)."""
 
 
-@dataclass(frozen=True)
-class ByeAcked:
+class ByeAcked(NamedTuple):
     """The peer received everything we sent before our BYE."""
 
 
-@dataclass(frozen=True)
-class SessionFailed:
-    """The session is over: ``error`` is a :class:`SessionLost` or :class:`ProtocolError`."""
+class SessionFailed(NamedTuple):
+    """The session is over: ``error`` is a :class:`SessionLost` or :class:`ProtocolError`.
+
+    ``code`` is the peer's ABORT code when the peer ended it (e.g. ``"Shutdown"``).
+    """
 
     error: Exception
+    code: str | None = None
 
 
 Event = (
@@ -230,6 +227,10 @@ class Session:
     def has_data(self) -> bool:
         return bool(self._frames)
 
+    def frames_ready(self) -> bool:
+        """True when a whole batch is waiting (more than one frame queued)."""
+        return len(self._frames) > 1
+
     def new_channel(self, kind: int, we_send: bool, we_recv: bool) -> int:
         """Allocate an id for a channel we create (for OPEN or a reference in a message)."""
         self._require_open()
@@ -260,7 +261,9 @@ class Session:
     def send_message(self, chid: int, payload: bytes) -> None:
         ch = self._channels[chid]
         assert ch.we_send and ch.credit > 0 and not ch.ended_out
-        ch.credit -= 1
+        # Any positive credit admits one whole message, so a message larger than the
+        # window still goes through (the credit goes negative until the peer catches up).
+        ch.credit -= len(payload) + MSG_COST
         self._queue([MSG, chid, payload])
 
     def send_data(self, chid: int, data: bytes) -> None:
@@ -402,6 +405,17 @@ class Session:
                 self.violation(f"malformed frame: {type(exc).__name__}: {exc}")
                 continue
             self._pending_pos = unpacker.tell()
+            # Fast path for the commonest record: a valid MSG on an open channel.  Anything
+            # unusual falls through to _handle, which checks everything and says what.
+            if type(record) is list and len(record) == 3 and record[0] == MSG \
+                    and self.state == OPEN_STATE:
+                chid, payload = record[1], record[2]
+                ch = self._channels.get(chid)
+                if ch is not None and ch.we_recv and ch.kind == KIND_CHANNEL \
+                        and not ch.ended_in and ch.allowed > 0 and type(payload) is bytes \
+                        and len(payload) <= self.settings.max_message:
+                    ch.allowed -= len(payload) + MSG_COST
+                    return MessageReceived(chid, payload)
             try:
                 self._handle(record)
             except ProtocolError:
@@ -438,7 +452,7 @@ class Session:
             if ch.allowed <= 0:
                 self.violation(f"peer sent on channel {chid} without credit")
                 return
-            ch.allowed -= 1
+            ch.allowed -= len(payload) + MSG_COST
             self._events.append(MessageReceived(chid, payload))
         elif op == DATA:
             chid, data = record[1], record[2]
@@ -515,7 +529,7 @@ class Session:
             else:
                 error = SessionLost(f"the peer ended the session ({code}): {message}")
             self._close(error)
-            self._events.append(SessionFailed(error))
+            self._events.append(SessionFailed(error, code))
         elif op in (HELLO, WELCOME):
             raise ValueError("handshake record after the handshake")
         else:
