@@ -149,6 +149,7 @@ class SessionCore:
         self._found: list[tuple[Any, int]] = []  # ends met by the encoder in this message
         self._pack = codec.encoder(self._to_ref)
         self._decode = codec.decoder(self._from_ref)
+        self._dropping: list | None = None  # ends decoded from a message being discarded
 
     # ---------------------------------------------------------------- transport side
     def flush_soon(self) -> None:
@@ -189,9 +190,11 @@ class SessionCore:
         cls = type(event)
         if cls is protocol.MessageReceived:
             q = self.ins.get(event.chid)
-            value = self._decode(event.payload)
             if q is not None:
+                value = self._decode(event.payload)
                 q.upstream.deliver(value, len(event.payload) + protocol.MSG_COST)
+            else:
+                self._discard(event.payload)
         elif cls is protocol.DataReceived:
             q = self.ins.get(event.chid)
             if q is not None:
@@ -231,6 +234,22 @@ class SessionCore:
         elif cls is protocol.SessionFailed:
             self.fail(event.error, clean=event.code == protocol.SHUTDOWN)
 
+    def _discard(self, payload: bytes) -> None:
+        """A message nobody will receive: register the ends it carries, then close them,
+        so the peer learns at once that they lead nowhere."""
+        self._dropping = dropped = []
+        try:
+            self._decode(payload)
+        finally:
+            self._dropping = None
+        for end in dropped:
+            if isinstance(end, ReceiverBase):
+                end.close()
+            elif isinstance(end, SenderBase):
+                end._begin_close(RemoteError(*RECEIVER_CLOSED))
+            else:
+                end._begin_close(None)
+
     def fail(self, error: BaseException, clean: bool = False) -> None:
         """The session is over: every end attached to it fails with ``error``.
 
@@ -259,6 +278,12 @@ class SessionCore:
         return q
 
     def _from_ref(self, code: int, chid: int) -> Any:
+        end = self._make_end(code, chid)
+        if self._dropping is not None:
+            self._dropping.append(end)
+        return end
+
+    def _make_end(self, code: int, chid: int) -> Any:
         proto, ours = self.proto, self.proto.settings
         if code == codec.EXT_SENDER:
             proto.register_peer_channel(chid, protocol.KIND_CHANNEL, we_send=True, we_recv=False)

@@ -55,8 +55,8 @@ def _resolve(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
-async def wait_async(attempt: Callable[[], Any], timeout: float | None, what: str) -> Any:
-    """The asyncio twin of ``_sync.wait_sync``."""
+async def _wait(attempt: Callable[[], Any], timeout: float | None, what: str) -> Any:
+    """The asyncio twin of ``_sync.wait_sync``: awaits a future the wake-up resolves."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -100,14 +100,14 @@ class Sender(SenderBase):
             sink = self._sink
             if sink is not None and sink.attempt_send(msg) is None:
                 return
-        await wait_async(lambda: self._attempt_send(msg), timeout, "send")
+        await _wait(lambda: self._attempt_send(msg), timeout, "send")
 
     async def close(self, error: BaseException | None = None,
                     timeout: float | None = None) -> None:
         """End the channel once what was sent is delivered.  See chan.Sender.close."""
         sink = self._begin_close(error)
         if sink is not None:
-            await wait_async(sink.attempt_ended, timeout, "close")
+            await _wait(sink.attempt_ended, timeout, "close")
 
     async def __aenter__(self) -> "Sender":
         return self
@@ -127,7 +127,7 @@ class Receiver(ReceiverBase):
             q = self._q
             if q is not None and q.items:
                 return q.attempt_get()
-        return await wait_async(self._attempt_recv, timeout, "recv")
+        return await _wait(self._attempt_recv, timeout, "recv")
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -151,31 +151,36 @@ class ByteStream(ByteStreamBase):
     __slots__ = ()
 
     async def read(self, n: int = -1, timeout: float | None = None) -> bytes:
-        return await wait_async(lambda: self._reader().attempt_read(n), timeout, "read")
+        """Up to ``n`` bytes as soon as any are there; ``n < 0``: all until EOF."""
+        return await _wait(lambda: self._reader().attempt_read(n), timeout, "read")
 
     async def readline(self, limit: int = -1, timeout: float | None = None) -> bytes:
-        return await wait_async(lambda: self._reader().attempt_readline(limit), timeout,
+        """One line including its newline (the rest of the stream at EOF)."""
+        return await _wait(lambda: self._reader().attempt_readline(limit), timeout,
                                 "readline")
 
     async def write(self, data: bytes | bytearray | memoryview,
                     timeout: float | None = None) -> int:
+        """Write all of ``data``, waiting while the reader's buffer is full."""
         view = memoryview(data).cast("B")
         off, total = 0, len(view)
         while off < total:
-            off += await wait_async(lambda: self._writer().attempt_write(view[off:]),
+            off += await _wait(lambda: self._writer().attempt_write(view[off:]),
                                     timeout, "write")
         return total
 
     async def close_write(self, timeout: float | None = None) -> None:
+        """Send EOF once what was written is delivered."""
         sink = self._begin_close_write()
         if sink is not None:
-            await wait_async(sink.attempt_ended, timeout, "close_write")
+            await _wait(sink.attempt_ended, timeout, "close_write")
 
     async def close(self, error: BaseException | None = None,
                     timeout: float | None = None) -> None:
+        """Close both directions (with ``error``, the peer's reads raise RemoteError)."""
         sink = self._begin_close(error)
         if sink is not None:
-            await wait_async(sink.attempt_ended, timeout, "close")
+            await _wait(sink.attempt_ended, timeout, "close")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -193,7 +198,7 @@ class ByteStream(ByteStreamBase):
         await self.close()
 
 
-ASYNCIO = SimpleNamespace(Sender=Sender, Receiver=Receiver, ByteStream=ByteStream)
+_ASYNCIO = SimpleNamespace(Sender=Sender, Receiver=Receiver, ByteStream=ByteStream)
 
 
 def pipe(capacity: int = DEFAULT_CAPACITY) -> tuple[Sender, Receiver]:
@@ -213,12 +218,14 @@ def stream_pair(buffer: int = DEFAULT_BUFFER) -> tuple[ByteStream, ByteStream]:
 class Listener(ListenerBase):
     """Accepts the channels peers open (asyncio).  Use :func:`listen`."""
 
-    _flavor = ASYNCIO
+    _flavor = _ASYNCIO
 
     async def accept(self, timeout: float | None = None) -> Receiver:
-        return await wait_async(self._attempt_accept, timeout, "accept")
+        """The Receiver of the next channel a peer opened."""
+        return await _wait(self._attempt_accept, timeout, "accept")
 
     async def close(self) -> None:
+        """Stop listening; every session of this listener ends."""
         self._close()
 
     async def __aenter__(self) -> "Listener":
@@ -231,14 +238,16 @@ class Listener(ListenerBase):
 class Session(SessionBase):
     """The connecting side of a session (asyncio).  Use :func:`connect`."""
 
-    _flavor = ASYNCIO
+    _flavor = _ASYNCIO
 
     def open(self) -> Sender:
+        """A new channel to the peer: its Receiver comes out of the peer's accept()."""
         return super().open()
 
     async def close(self, timeout: float | None = None) -> None:
+        """End the session once the peer has everything sent on it.  See chan.Session."""
         if self._begin_close():
-            await wait_async(self._attempt_closed, self._close_timeout(timeout), "close")
+            await _wait(self._attempt_closed, self._close_timeout(timeout), "close")
 
     async def __aenter__(self) -> "Session":
         return self
@@ -264,7 +273,7 @@ async def connect(endpoint: str, *, settings: Settings | None = None,
     session = Session(endpoint, settings=settings, curve=curve, server_key=server_key)
     timeout = session.settings.timeout_ms / 1000 if timeout is None else timeout
     try:
-        await wait_async(session._attempt_handshake, timeout, "connect")
+        await _wait(session._attempt_handshake, timeout, "connect")
     except Timeout as exc:
         raise session._no_answer(timeout, exc) from exc
     return session

@@ -42,6 +42,7 @@ class CurveKeys:
 
     @classmethod
     def generate(cls) -> "CurveKeys":
+        """A new random key pair."""
         public, secret = zmq.curve_keypair()
         return cls(public, secret)
 

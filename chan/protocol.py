@@ -18,7 +18,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import msgpack
 
@@ -58,16 +58,18 @@ class Settings:
     window: int = 1 << 20  # cost units (see MSG_COST) a channel may have in flight to us
     stream_window: int = 1 << 20  # bytes a stream may have in flight towards us
     max_message: int = 64 * 1024 * 1024  # largest MSG payload / DATA chunk we accept
-    heartbeat_ms: int = 1000  # we send a PING when idle this long
+    heartbeat_ms: int = 1000  # we send a PING when idle this long (or sooner, see tick)
     timeout_ms: int = 3000  # we declare the peer dead after this long without a frame
-    max_channels: int = 65536  # live channels a peer may create in our session
+    max_channels: int = 65536  # live channels in a session (both sides' together)
 
     def to_wire(self) -> dict:
+        """The settings as sent in HELLO/WELCOME."""
         return {
             "window": self.window,
             "stream_window": self.stream_window,
             "max_message": self.max_message,
             "heartbeat_ms": self.heartbeat_ms,
+            "timeout_ms": self.timeout_ms,
         }
 
 
@@ -79,62 +81,73 @@ BATCH_BYTES = 256 * 1024  # small records are batched into frames up to this siz
 
 
 # ---------------------------------------------------------------------------- events
-# Events are immutable named tuples: cheap to make on the per-message path.
-class Handshaken(NamedTuple):
+# Events are frozen dataclasses with slots (cheap enough on the per-message path).
+@dataclass(frozen=True, slots=True)
+class Handshaken:
     """The peer answered the handshake; ``settings`` are its."""
 
     peer_settings: Settings
     peer_nonce: bytes
 
 
-class ChannelOpened(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ChannelOpened:
     """The peer opened channel ``chid`` (it sends, we receive): a listener's accept()."""
 
     chid: int
 
 
-class MessageReceived(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
     chid: int
     payload: bytes
 
 
-class DataReceived(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class DataReceived:
     chid: int
     data: bytes
 
 
-class CreditGranted(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class CreditGranted:
     chid: int
     n: int
 
 
-class Ended(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Ended:
     """The peer finished sending on ``chid``; ``error`` is None or (code, message)."""
 
     chid: int
     error: tuple[str, str] | None
 
 
-class EndAcked(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class EndAcked:
     chid: int
 
 
-class Stopped(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Stopped:
     """The peer stopped receiving on ``chid``: our further sends must fail."""
 
     chid: int
     error: tuple[str, str] | None
 
 
-class ByeReceived(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ByeReceived:
     """The peer closed the session gracefully (we have acknowledged it)."""
 
 
-class ByeAcked(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ByeAcked:
     """The peer received everything we sent before our BYE."""
 
 
-class SessionFailed(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SessionFailed:
     """The session is over: ``error`` is a :class:`SessionLost` or :class:`ProtocolError`.
 
     ``code`` is the peer's ABORT code when the peer ended it (e.g. ``"Shutdown"``).
@@ -198,6 +211,9 @@ class Session:
         self._next_id = 1 if client else 2
         self._peer_high = 0  # highest id the peer has created
         self._events: deque = deque()
+        self._inbox: deque[bytes] = deque()  # frames received, not yet parsed
+        self._unpacker: msgpack.Unpacker | None = None  # the frame being parsed
+        self._frame_len = self._frame_pos = 0
         self._frames: list[bytearray] = []
         self._batch_limit = BATCH_BYTES
         self._max_frame = self.settings.max_message + FRAME_OVERHEAD
@@ -336,13 +352,13 @@ class Session:
             raise self.error or SessionLost(f"session is {self.state}")
 
     # ------------------------------------------------------------------ timers
-    def next_deadline(self) -> float | None:
-        """When :meth:`tick` must be called next (monotonic seconds), or None."""
-        if self.state == CLOSED:
-            return None
-        hb = (self.peer or self.settings).heartbeat_ms / 1000
-        return min(self._last_sent + min(hb, self.settings.heartbeat_ms / 1000),
-                   self._last_recv + self.settings.timeout_ms / 1000)
+    def _ping_interval(self) -> float:
+        # Often enough for our own habit and for the peer's patience (a third of its
+        # timeout, so two PINGs may be late before it gives up on us).
+        ms = self.settings.heartbeat_ms
+        if self.peer is not None:
+            ms = min(ms, self.peer.timeout_ms // 3)
+        return ms / 1000
 
     def tick(self) -> None:
         """Queue a PING when idle; fail the session when the peer has been silent too long."""
@@ -356,7 +372,7 @@ class Session:
                 "it died, restarted or the network is down"))
             return
         if self.state != HANDSHAKE and not self._frames and \
-                now - self._last_sent >= self.settings.heartbeat_ms / 1000:
+                now - self._last_sent >= self._ping_interval():
             self._queue([PING])
 
     # ------------------------------------------------------------------ incoming
@@ -365,52 +381,49 @@ class Session:
         if self.state == CLOSED:
             return
         self._last_recv = self._clock()
-        if len(frame) > self._max_frame:
-            self.violation(f"frame of {len(frame)} bytes exceeds the limit of "
-                            f"{self._max_frame} bytes (max_message {self.settings.max_message})")
-            return
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(frame), 1),
-                                    strict_map_key=False)
-        unpacker.feed(frame)
-        self._pending = unpacker
-        self._pending_len = len(frame)
-        self._pending_pos = 0
-
-    _pending: msgpack.Unpacker | None = None
-    _pending_len = _pending_pos = 0
+        self._inbox.append(frame)
 
     def next_event(self) -> Event | None:
         """The next event, or None when everything received so far is processed."""
         while True:
             if self._events:
                 return self._events.popleft()
-            unpacker = self._pending
-            if unpacker is None or self.state == CLOSED:
-                self._pending = None
-                return None
+            unpacker = self._unpacker
+            if unpacker is None:
+                if not self._inbox or self.state == CLOSED:
+                    return None
+                frame = self._inbox.popleft()
+                if len(frame) > self._max_frame:
+                    self.violation(f"frame of {len(frame)} bytes exceeds the limit of "
+                                   f"{self._max_frame} bytes (max_message "
+                                   f"{self.settings.max_message})")
+                    continue
+                unpacker = self._unpacker = msgpack.Unpacker(
+                    raw=False, max_buffer_size=max(len(frame), 1), strict_map_key=False)
+                unpacker.feed(frame)
+                self._frame_len, self._frame_pos = len(frame), 0
             try:
                 record = next(unpacker)
             except StopIteration:
-                self._pending = None
+                self._unpacker = None
                 # tell() is not reliable after a partial object: compare with the end of
                 # the last whole record instead.
-                if self._pending_pos != self._pending_len:
-                    self.violation(f"truncated record at byte {self._pending_pos} of a "
-                                    f"{self._pending_len}-byte frame")
-                    continue
-                return None
+                if self._frame_pos != self._frame_len:
+                    self.violation(f"truncated record at byte {self._frame_pos} of a "
+                                   f"{self._frame_len}-byte frame")
+                continue
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
                 # msgpack reports garbage as FormatError/StackError (ValueError
                 # subclasses), ExtraData, or TypeError for unhashable map keys.
                 self.violation(f"malformed frame: {type(exc).__name__}: {exc}")
                 continue
-            self._pending_pos = unpacker.tell()
+            self._frame_pos = unpacker.tell()
             # Fast path for the commonest record: a valid MSG on an open channel.  Anything
             # unusual falls through to _handle, which checks everything and says what.
-            if type(record) is list and len(record) == 3 and record[0] == MSG \
-                    and self.state == OPEN_STATE:
+            if type(record) is list and len(record) == 3 and type(record[0]) is int \
+                    and record[0] == MSG and self.state == OPEN_STATE:
                 chid, payload = record[1], record[2]
-                ch = self._channels.get(chid)
+                ch = self._channels.get(chid) if type(chid) is int else None
                 if ch is not None and ch.we_recv and ch.kind == KIND_CHANNEL \
                         and not ch.ended_in and ch.allowed > 0 and type(payload) is bytes \
                         and len(payload) <= self.settings.max_message:
@@ -419,13 +432,14 @@ class Session:
             try:
                 self._handle(record)
             except ProtocolError:
-                continue  # already reported by violation
+                continue  # already reported by violation()
             except (TypeError, ValueError, IndexError, KeyError) as exc:
                 self.violation(f"malformed record {record!r:.80}: {exc}")
 
     def violation(self, message: str) -> None:
         """The peer broke the protocol: queue an ABORT and end the session."""
-        self._pending = None
+        self._unpacker = None
+        self._inbox.clear()
         if self.state != CLOSED:
             self._queue([ABORT, PROTOCOL_ERROR, message])
             error = ProtocolError(message)
@@ -440,15 +454,20 @@ class Session:
             return self._handshake(op, record)
         if op == MSG:
             chid, payload = record[1], record[2]
-            ch = self._receiving(chid, KIND_CHANNEL)
-            if ch is None:
-                return
             if type(payload) is not bytes:
                 raise TypeError("MSG payload must be bin")
             if len(payload) > self.settings.max_message:
                 self.violation(f"message of {len(payload)} bytes exceeds max_message "
-                                f"{self.settings.max_message}")
+                               f"{self.settings.max_message}")
                 return
+            ch = self._known(chid)
+            if ch is None or ch.stop_sent:
+                # Not delivered (we stopped receiving), yet it may carry references:
+                # the runtime must still register them (and close them), or the peer's
+                # use of those ids would look like a protocol violation.
+                self._events.append(MessageReceived(chid, payload))
+                return
+            ch = self._receiving(chid, KIND_CHANNEL)
             if ch.allowed <= 0:
                 self.violation(f"peer sent on channel {chid} without credit")
                 return
@@ -562,6 +581,7 @@ class Session:
             stream_window=_positive(settings, "stream_window"),
             max_message=_positive(settings, "max_message"),
             heartbeat_ms=_positive(settings, "heartbeat_ms"),
+            timeout_ms=_positive(settings, "timeout_ms", 3 * settings.get("heartbeat_ms", 1000)),
         )
         self.peer = peer
         self.peer_nonce = nonce
@@ -585,11 +605,11 @@ class Session:
 
     def _known(self, chid) -> _Chan | None:
         """The channel ``chid``, None if it was forgotten; unknown ids are violations."""
+        if type(chid) is not int or chid <= 0:  # (1.0 and True would find channel 1)
+            raise ValueError(f"bad channel id {chid!r}")
         ch = self._channels.get(chid)
         if ch is not None:
             return ch
-        if type(chid) is not int or chid <= 0:
-            raise ValueError(f"bad channel id {chid!r}")
         ours = (chid & 1) == (self._next_id & 1)
         if (ours and chid >= self._next_id) or (not ours and chid > self._peer_high):
             raise ValueError(f"unknown channel id {chid}")
@@ -608,8 +628,8 @@ class Session:
         return ch
 
 
-def _positive(settings: dict, key: str) -> int:
-    value = settings.get(key)
+def _positive(settings: dict, key: str, default: object = None) -> int:
+    value = settings.get(key, default)
     if type(value) is not int or value <= 0:
         raise ValueError(f"handshake setting {key} must be a positive integer")
     return value
