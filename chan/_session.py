@@ -144,6 +144,7 @@ class SessionCore:
         self.error: BaseException | None = None
         self.closed = False  # the session is over (cleanly or not)
         self.clean_end = False  # ... ended on purpose by us or by the peer
+        self.feeders: set = set()  # pumps relaying local queues into this session
         self.dirty = False  # the transport will flush it (set and cleared by the transport)
         self.max_send = proto.settings.max_message
         self._found: list[tuple[Any, int]] = []  # ends met by the encoder in this message
@@ -376,6 +377,15 @@ class SessionCore:
             BytePump(rq, sink)
 
     # ---------------------------------------------------------------- user side
+    def attempt_drained(self) -> Any:
+        """None once no relay holds messages for this session (close waits for that)."""
+        if not self.closed:
+            for pump in self.feeders:
+                waiting = pump.backlog()
+                if waiting is not None:
+                    return waiting
+        return None
+
     def open(self) -> Any:
         proto = self.proto
         if self.closed:

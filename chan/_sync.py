@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .errors import Timeout
+from .errors import ChannelError, RemoteError, Timeout, error_tuple
 
 LOCK = threading.RLock()
 
@@ -151,10 +151,14 @@ def wait_sync(attempt: Callable[[], Any], timeout: float | None, what: str) -> A
 class Pump:
     """Moves what one queue holds into a sink as both allow: a relay inside this process.
 
-    Subclasses implement :meth:`_step`, which moves what it can and then registers
-    :meth:`run` on whatever it is waiting for (or marks itself done).  ``run`` is called
-    from wake-ups under the lock and may be re-entered by them; re-entry only asks the
-    running loop for another step.
+    Used when an end goes into a message that crosses a session: a Receiver's queue is
+    pumped into the session, or a Sender received from one session and sent on into
+    another gets a queue of its own pumped into the first session.  Subclasses say how
+    one item moves (:meth:`_move`).  ``run`` is called from wake-ups under the lock and
+    may be re-entered by them; re-entry only asks the running loop for another step.
+
+    The source queue's ``attempt_ended`` asks the pump, so closing the local end returns
+    only once the peer acknowledged everything (or raises).
     """
 
     __slots__ = ("src", "dst", "_running", "_again", "_done")
@@ -162,6 +166,10 @@ class Pump:
     def __init__(self, src: Any, dst: Any) -> None:
         self.src, self.dst = src, dst
         self._running = self._again = self._done = False
+        src.pump = self
+        feeders = getattr(getattr(dst, "core", None), "feeders", None)
+        if feeders is not None:
+            feeders.add(self)  # a session closes only once its feeders are drained
         self.run()
 
     def run(self) -> None:
@@ -179,5 +187,54 @@ class Pump:
         finally:
             self._running = False
 
-    def _step(self) -> None:
+    def _move(self, src: Any, dst: Any) -> "Waitable | None":
+        """Move the head of ``src`` into ``dst``; the Waitable to wait on if it is full."""
         raise NotImplementedError
+
+    def _step(self) -> None:
+        src, dst = self.src, self.dst
+        while src.backlog():
+            try:
+                blocked = self._move(src, dst)
+            except (ChannelError, TypeError, ValueError, OverflowError) as exc:
+                self._fail(exc)
+                return
+            if blocked is not None:
+                blocked._waiters.append(self.run)
+                return
+        if src.error is not None or src.eof:
+            self._finish(None if src.error is None else error_tuple(src.error))
+        else:
+            src._waiters.append(self.run)
+
+    def _finish(self, error: tuple[str, str] | None) -> None:
+        self._done = True
+        feeders = getattr(getattr(self.dst, "core", None), "feeders", None)
+        if feeders is not None:
+            feeders.discard(self)
+        self.dst.end(error)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The sink refused an item: the producers and the far end both learn why."""
+        src = self.src
+        src.broken = exc
+        if src.upstream is not None:
+            src.upstream.abandon(error_tuple(exc))
+        src.discard()
+        self._finish(error_tuple(exc))  # a no-op when the sink itself is gone
+        src._wake()
+
+    def backlog(self) -> "Waitable | None":
+        """While items wait for the sink: the queue to wait on (see SessionCore.drained)."""
+        return None if self._done or not self.src.backlog() else self.src
+
+    def attempt_ended(self) -> Any:
+        """For the source queue's attempt_ended: drained, ended and acknowledged?"""
+        broken = self.src.broken
+        if broken is not None:
+            if isinstance(broken, RemoteError):
+                return None  # the receiver went away on purpose: nothing left to deliver
+            raise fresh(broken)
+        if not self._done:
+            return self.src
+        return self.dst.attempt_ended()

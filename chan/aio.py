@@ -165,8 +165,12 @@ class ByteStream(ByteStreamBase):
         view = memoryview(data).cast("B")
         off, total = 0, len(view)
         while off < total:
-            off += await _wait(lambda: self._writer().attempt_write(view[off:]),
-                                    timeout, "write")
+            try:
+                off += await _wait(lambda: self._writer().attempt_write(view[off:]),
+                                   timeout, "write")
+            except Timeout as exc:
+                exc.written = off
+                raise
         return total
 
     async def close_write(self, timeout: float | None = None) -> None:
@@ -246,8 +250,9 @@ class Session(SessionBase):
 
     async def close(self, timeout: float | None = None) -> None:
         """End the session once the peer has everything sent on it.  See chan.Session."""
-        if self._begin_close():
-            await _wait(self._attempt_closed, self._close_timeout(timeout), "close")
+        timeout = self._close_timeout(timeout)
+        if await _wait(self._attempt_bye, timeout, "close"):
+            await _wait(self._attempt_closed, timeout, "close")
 
     async def __aenter__(self) -> "Session":
         return self

@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Iterator
 
 from ._sync import LOCK, Pump, Waitable, fresh, wait_sync
-from .errors import ClosedChannelError, EndOfChannel, RemoteError, error_code
+from .errors import ClosedChannelError, EndOfChannel, RemoteError, error_tuple
 
 DEFAULT_CAPACITY = 256
 
@@ -33,7 +33,7 @@ class MsgQueue(Waitable):
     (to grant credit) and when the consumer goes away (to STOP the peer).
     """
 
-    __slots__ = ("items", "capacity", "eof", "error", "closed", "broken", "upstream")
+    __slots__ = ("items", "capacity", "eof", "error", "closed", "broken", "upstream", "pump")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         super().__init__()
@@ -44,6 +44,13 @@ class MsgQueue(Waitable):
         self.closed = False  # the consumer closed its end
         self.broken: BaseException | None = None  # raised to producers
         self.upstream: Any = None
+        self.pump: Any = None  # the Pump consuming this queue, when its Receiver was sent
+
+    def backlog(self) -> bool:
+        return bool(self.items)
+
+    def discard(self) -> None:
+        self.items.clear()
 
     # -- consumer side
     def attempt_get(self) -> Any:
@@ -109,8 +116,9 @@ class MsgQueue(Waitable):
             self.error = RemoteError(*error)
         self._wake()
 
-    def attempt_ended(self) -> None:
-        return None
+    def attempt_ended(self) -> Any:
+        # A pipe is delivered once the consumer has it; a pumped one once the peer does.
+        return None if self.pump is None else self.pump.attempt_ended()
 
 
 class SenderBase:
@@ -138,7 +146,7 @@ class SenderBase:
                 return None
             self._sink = None
             self._gone = "send on a Sender that you closed"
-            sink.end(None if error is None else (error_code(error), str(error)))
+            sink.end(None if error is None else error_tuple(error))
             return sink
 
     def _moved(self) -> Any:
@@ -269,41 +277,12 @@ def pipe(capacity: int = DEFAULT_CAPACITY) -> tuple[Sender, Receiver]:
 
 
 class MsgPump(Pump):
-    """Moves messages from a queue into a sink, as both allow (a relay).
-
-    Used when a Receiver goes into a message (its queue is pumped into the session), or
-    a Sender received from one session goes on into another (the new channel's queue is
-    pumped into the old Sender's sink).  Runs under the lock, from wake-ups.
-    """
+    """Moves messages from a queue into a sink (see :class:`_sync.Pump`)."""
 
     __slots__ = ()
 
-    def _step(self) -> None:
-        src, dst = self.src, self.dst
-        items = src.items
-        while items:
-            try:
-                blocked = dst.attempt_send(items[0])
-            except Exception as exc:  # the sink is broken: tell the producers
-                self._done = True
-                src.broken = exc
-                if src.upstream is not None:
-                    src.upstream.abandon((error_code(exc), str(exc)))
-                src.items.clear()
-                src._wake()
-                return
-            if blocked is not None:
-                blocked._waiters.append(self.run)
-                return
+    def _move(self, src: MsgQueue, dst: Any) -> Waitable | None:
+        blocked = dst.attempt_send(src.items[0])
+        if blocked is None:
             src.attempt_get()  # pops, grants credit upstream, wakes producers
-        if src.closed:
-            self._done = True
-            dst.end(RECEIVER_CLOSED)
-        elif src.error is not None:
-            self._done = True
-            dst.end((error_code(src.error), str(src.error)))
-        elif src.eof:
-            self._done = True
-            dst.end(None)
-        else:
-            src._waiters.append(self.run)
+        return blocked

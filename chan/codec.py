@@ -83,6 +83,9 @@ def encoder(to_ref: Callable[[Any], msgpack.ExtType]) -> Callable[[Any], bytes]:
 
 def unsupported(obj: Any) -> TypeError:
     """The error for a value that cannot travel in a message."""
+    if isinstance(obj, int):
+        return TypeError(f"cannot send the integer {obj}: msgpack integers lie between "
+                         "-2**63 and 2**64-1 (send big numbers as str or bytes)")
     return TypeError(
         f"cannot send a {type(obj).__module__}.{type(obj).__qualname__} in a message: "
         "messages hold None, bool, int, float, str, bytes, lists, tuples, dicts and "

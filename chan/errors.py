@@ -77,3 +77,10 @@ def error_code(exc: BaseException) -> str:
     """The code a peer sees for ``exc``: its ``code`` attribute if set, else its class name."""
     code = getattr(exc, "code", None)
     return code if isinstance(code, str) and code else type(exc).__name__
+
+
+def error_tuple(exc: BaseException) -> tuple[str, str]:
+    """``(code, message)`` as a peer receives it (a relayed RemoteError keeps its own)."""
+    if isinstance(exc, RemoteError):
+        return exc.code, exc.message
+    return error_code(exc), str(exc)

@@ -188,17 +188,21 @@ class SessionBase:
         err.__cause__ = exc
         return err
 
-    def _begin_close(self) -> bool:
-        """Send BYE; False when there is nothing to wait for."""
+    def _attempt_bye(self) -> Any:
+        """Once relays into the session are drained, send BYE (True); False when the
+        session is already over and there is nothing to wait for."""
         core = self._core
-        with LOCK:
-            if core.closed:
-                if core.clean_end:
-                    return False
-                raise fresh(core.error)
+        if core.closed:
+            if core.clean_end:
+                return False
+            raise fresh(core.error)
+        waiting = core.attempt_drained()
+        if waiting is not None:
+            return waiting
+        if core.proto.state == protocol.OPEN_STATE:
             core.proto.send_bye()
             core.flush_soon()
-            return True
+        return True
 
     def _attempt_closed(self) -> Any:
         core = self._core
@@ -238,8 +242,9 @@ class Session(SessionBase):
         the peer could not confirm delivery; a session the peer ended on purpose closes
         quietly.  Channels still open on it fail with ClosedChannelError.
         """
-        if self._begin_close():
-            wait_sync(self._attempt_closed, self._close_timeout(timeout), "close")
+        timeout = self._close_timeout(timeout)
+        if wait_sync(self._attempt_bye, timeout, "close"):
+            wait_sync(self._attempt_closed, timeout, "close")
 
     def __enter__(self) -> "Session":
         return self

@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any, Iterator
 
 from ._sync import LOCK, Pump, Waitable, fresh, wait_sync
-from .errors import ClosedChannelError, RemoteError, error_code
+from .errors import ClosedChannelError, RemoteError, Timeout, error_tuple
 
 DEFAULT_BUFFER = 256 * 1024
 
@@ -24,7 +24,8 @@ READER_CLOSED = ("ReaderClosed", "the reading side of this stream was closed")
 class ByteQueue(Waitable):
     """Bytes waiting to be read, bounded by ``capacity``."""
 
-    __slots__ = ("chunks", "size", "capacity", "eof", "error", "closed", "broken", "upstream")
+    __slots__ = ("chunks", "size", "capacity", "eof", "error", "closed", "broken", "upstream",
+                 "pump")
 
     def __init__(self, capacity: int = DEFAULT_BUFFER) -> None:
         super().__init__()
@@ -36,6 +37,14 @@ class ByteQueue(Waitable):
         self.closed = False
         self.broken: BaseException | None = None
         self.upstream: Any = None  # a session's inbound stream: credit and STOP
+        self.pump: Any = None  # the Pump consuming this queue, when its end was sent
+
+    def backlog(self) -> bool:
+        return self.size > 0
+
+    def discard(self) -> None:
+        self.chunks.clear()
+        self.size = 0
 
     # -- reader side
     def _take(self, n: int) -> bytes:
@@ -138,8 +147,8 @@ class ByteQueue(Waitable):
             self.error = RemoteError(*error)
         self._wake()
 
-    def attempt_ended(self) -> None:
-        return None
+    def attempt_ended(self) -> Any:
+        return None if self.pump is None else self.pump.attempt_ended()
 
 
 class ByteStreamBase:
@@ -177,7 +186,7 @@ class ByteStreamBase:
             if rq is not None:
                 rq.close_reader()
             if sink is not None:
-                sink.end(None if error is None else (error_code(error), str(error)))
+                sink.end(None if error is None else error_tuple(error))
             return sink
 
     def _moved(self) -> tuple[ByteQueue, Any]:
@@ -223,13 +232,20 @@ class ByteStream(ByteStreamBase):
         return wait_sync(lambda: self._reader().attempt_readline(limit), timeout, "readline")
 
     def write(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> int:
-        """Write all of ``data``; blocks while the reader's buffer is full.  Returns len."""
+        """Write all of ``data``; blocks while the reader's buffer is full.  Returns len.
+
+        On :class:`Timeout`, the exception's ``written`` says how many bytes went out.
+        """
         view = memoryview(data).cast("B")
         total = len(view)
         off = 0
         while off < total:
-            taken = wait_sync(lambda: self._writer().attempt_write(view[off:]), timeout, "write")
-            off += taken
+            try:
+                off += wait_sync(lambda: self._writer().attempt_write(view[off:]), timeout,
+                                 "write")
+            except Timeout as exc:
+                exc.written = off  # how much of ``data`` went out before time ran out
+                raise
         return total
 
     def close_write(self, timeout: float | None = None) -> None:
@@ -265,34 +281,13 @@ def stream_pair(buffer: int = DEFAULT_BUFFER) -> tuple[ByteStream, ByteStream]:
 
 
 class BytePump(Pump):
-    """Moves bytes from a queue into a byte sink (a stream end handed to a peer)."""
+    """Moves bytes from a queue into a byte sink (see :class:`_sync.Pump`)."""
 
     __slots__ = ()
 
-    def _step(self) -> None:
-        src, dst = self.src, self.dst
-        while src.size:
-            head = src.chunks[0]
-            try:
-                taken = dst.attempt_write(head)
-            except Exception as exc:
-                self._done = True
-                src.broken = exc
-                if src.upstream is not None:
-                    src.upstream.abandon((error_code(exc), str(exc)))
-                src.chunks.clear()
-                src.size = 0
-                src._wake()
-                return
-            if isinstance(taken, Waitable):
-                taken._waiters.append(self.run)
-                return
-            src._take(taken)
-        if src.error is not None:
-            self._done = True
-            dst.end((error_code(src.error), str(src.error)))
-        elif src.eof or src.closed:
-            self._done = True
-            dst.end(None)
-        else:
-            src._waiters.append(self.run)
+    def _move(self, src: ByteQueue, dst: Any) -> Waitable | None:
+        taken = dst.attempt_write(src.chunks[0])
+        if isinstance(taken, Waitable):
+            return taken
+        src._take(taken)
+        return None

@@ -22,12 +22,13 @@ listener (the Receiver).  Closing the link closes the session, then the listener
 removes what it created (an ipc:// socket file in its own temporary directory).
 
 :data:`CHECKS` / :data:`ACHECKS` map names to the checks that take one pair maker, so a
-test suite can parametrize over checks and transports.  Three checks need more:
-:func:`check_forwarding` (two pair makers: channel ends handed on across a third
-party), :func:`check_message_too_large` (a session link made with a small
-``Settings.max_message``) and the combinators :func:`sent_sender_pair` /
-:func:`sent_receiver_pair`, which turn a pair maker into one whose Sender (or Receiver)
-has itself travelled in a message, so every check also runs over nested ends.
+test suite can parametrize over checks and transports.  Some checks need more:
+:func:`check_forwarding` and :func:`check_forwarding_errors` take two pair makers
+(channel ends handed on to a third party: A to B over one, B to C over the other), and
+:func:`check_message_too_large` a pair maker of a session link made with a small
+``Settings.max_message``.  The combinators :func:`sent_sender_pair` and
+:func:`sent_receiver_pair` turn a pair maker into one whose Sender (or Receiver) has
+itself travelled in a message, so every check also runs over nested ends.
 
 Every wait in a check is bounded (:data:`WAIT` seconds): a broken transport fails a
 check with :class:`chan.Timeout`, it never hangs it.
@@ -54,12 +55,75 @@ from .net import Listener, Session, Settings, connect, listen
 from .stream import ByteStream, stream_pair
 
 __all__ = [
-    "ACHECKS", "AsyncLink", "CHECKS", "CodedError", "Link", "SESSION_TRANSPORTS", "SHORT",
-    "TRANSPORTS", "VALUES", "WAIT", "acheck_forwarding", "acheck_forwarding_errors",
+    "ACHECKS",
+    "AsyncLink",
+    "AsyncPairMaker",
+    "CHECKS",
+    "CodedError",
+    "Link",
+    "PairMaker",
+    "SESSION_TRANSPORTS",
+    "SHORT",
+    "TRANSPORTS",
+    "VALUES",
+    "WAIT",
+    "acheck_close",
+    "acheck_close_with_error",
+    "acheck_closed_channel_error",
+    "acheck_deep_nesting",
+    "acheck_flow_control",
+    "acheck_forwarding",
+    "acheck_forwarding_errors",
+    "acheck_iteration",
     "acheck_message_too_large",
-    "acheck_transport", "asent_receiver_pair", "asent_sender_pair", "assert_same",
-    "check_forwarding", "check_forwarding_errors", "check_message_too_large", "check_transport", "endpoint_for",
-    "open_alink", "open_link", "raises", "sent_receiver_pair", "sent_sender_pair",
+    "acheck_not_msgpack",
+    "acheck_ordering",
+    "acheck_ordering_per_channel",
+    "acheck_receiver_close",
+    "acheck_receiver_in_message",
+    "acheck_recv_timeout",
+    "acheck_reply_channel",
+    "acheck_same_end_twice",
+    "acheck_sent_away",
+    "acheck_sent_end_close_with_error",
+    "acheck_stream_bulk",
+    "acheck_stream_in_message",
+    "acheck_transport",
+    "acheck_tuple_as_list",
+    "acheck_values",
+    "asent_receiver_pair",
+    "asent_sender_pair",
+    "assert_same",
+    "check_close",
+    "check_close_with_error",
+    "check_closed_channel_error",
+    "check_deep_nesting",
+    "check_flow_control",
+    "check_forwarding",
+    "check_forwarding_errors",
+    "check_iteration",
+    "check_message_too_large",
+    "check_not_msgpack",
+    "check_ordering",
+    "check_ordering_per_channel",
+    "check_receiver_close",
+    "check_receiver_in_message",
+    "check_recv_timeout",
+    "check_reply_channel",
+    "check_same_end_twice",
+    "check_sent_away",
+    "check_sent_end_close_with_error",
+    "check_stream_bulk",
+    "check_stream_in_message",
+    "check_transport",
+    "check_tuple_as_list",
+    "check_values",
+    "endpoint_for",
+    "open_alink",
+    "open_link",
+    "raises",
+    "sent_receiver_pair",
+    "sent_sender_pair",
 ]
 
 TRANSPORTS = ("pipe", "tcp", "ipc", "inproc")
@@ -693,26 +757,31 @@ def check_recv_timeout(make_pair: PairMaker) -> None:
     _expect_end(rx)
 
 
+_PAD = b"x" * 1024  # flow control is checked with 1 KiB messages
+
+
 def check_flow_control(make_pair: PairMaker, bound: int = 10_000) -> None:
     """A reader that does not read makes send(timeout) time out; reading resumes it.
 
-    At most ``bound`` messages are taken before the sender waits (memory stays bounded),
-    and the message whose send timed out is not delivered: nothing lost, nothing extra.
+    At most ``bound`` messages of 1 KiB are taken before the sender waits (memory stays
+    bounded), and the message whose send timed out is not delivered: nothing lost,
+    nothing extra.
     """
     tx, rx = make_pair()
     n = 0
     while True:
         try:
-            tx.send(n, timeout=SHORT)
+            tx.send([n, _PAD], timeout=SHORT)
         except Timeout:
             break
         n += 1
         _expect(n <= bound, f"{bound} messages taken and the sender never waited")
     _expect(n > 0, "nothing could be sent")
-    sender = _Background(lambda: _send_all(tx, range(n, n + 10)))
+    sender = _Background(lambda: _send_all(tx, ([i, _PAD] for i in range(n, n + 10))))
     time.sleep(SHORT)
     _expect(not sender.done(), "a send went through a full window")
-    _expect(_drain(rx) == list(range(n + 10)), "flow control lost or repeated messages")
+    _expect([i for i, _ in _drain(rx)] == list(range(n + 10)),
+            "flow control lost or repeated messages")
     sender.result()
 
 
@@ -1234,16 +1303,17 @@ async def acheck_flow_control(make_pair: AsyncPairMaker, bound: int = 10_000) ->
     n = 0
     while True:
         try:
-            await tx.send(n, timeout=SHORT)
+            await tx.send([n, _PAD], timeout=SHORT)
         except Timeout:
             break
         n += 1
         _expect(n <= bound, f"{bound} messages taken and the sender never waited")
     _expect(n > 0, "nothing could be sent")
-    sender = asyncio.ensure_future(_asend_all(tx, range(n, n + 10)))
+    sender = asyncio.ensure_future(_asend_all(tx, ([i, _PAD] for i in range(n, n + 10))))
     await asyncio.sleep(SHORT)
     _expect(not sender.done(), "a send went through a full window")
-    _expect(await _adrain(rx) == list(range(n + 10)), "flow control lost or repeated messages")
+    _expect([i for i, _ in await _adrain(rx)] == list(range(n + 10)),
+            "flow control lost or repeated messages")
     await _finish(sender)
 
 
