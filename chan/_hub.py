@@ -32,6 +32,7 @@ import math
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from typing import Any, Callable
 
@@ -77,6 +78,20 @@ class _Link:
                                     copy=len(frame) < COPY_BELOW)
 
 
+def _guarded(core: Any, fn: Callable, *args: Any) -> None:
+    """Run one session's processing; a bug in it ends that session, not the I/O thread."""
+    try:
+        fn(*args)
+    except Exception as exc:  # a chan bug: report it and contain it to this session
+        traceback.print_exc()
+        err = SessionLost(f"internal error in chan while processing this session: {exc!r}")
+        err.__cause__ = exc
+        core.proto.abort("InternalError", repr(exc))
+        core.flush_soon()
+        core.proto.close_now(err)
+        core.fail(err)
+
+
 class DealerOwner:
     """The connecting side: one DEALER socket, one session."""
 
@@ -98,7 +113,7 @@ class DealerOwner:
                     sock.recv()
                 continue
             if not core.closed:
-                core.feed(frame)
+                _guarded(core, core.feed, frame)
         return True
 
     def cores(self):
@@ -132,7 +147,7 @@ class RouterOwner:
             if len(parts) != 2:
                 core.violation("multipart transport messages are not part of the protocol")
             else:
-                core.feed(parts[1])
+                _guarded(core, core.feed, parts[1])
         return True
 
     def cores(self):
@@ -388,7 +403,7 @@ class Hub:
                     next_tick = now + TICK
                     for owner in list(self.owners.values()):
                         for core in owner.cores():
-                            core.tick()
+                            _guarded(core, core.tick)
                 if self.io_dirty or (self.dirty_since and now >= self.dirty_since + NAGLE):
                     self._flush_now()
 

@@ -81,11 +81,15 @@ class ListenerBase:
                     from zmq.utils import z85
                     sock.curve_server = True
                     sock.curve_secretkey = curve.secret
-                    sock.zap_domain = hub.enable_zap({z85.decode(k) for k in (allow or ())})
+                    domain = hub.enable_zap({z85.decode(k) for k in (allow or ())})
+                    sock.zap_domain = domain.encode()
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
                 hub.drop_socket(sock, linger=0)
                 raise ChannelError(f"cannot listen on {endpoint}: {exc.strerror}") from exc
+            except BaseException:
+                hub.drop_socket(sock, linger=0)
+                raise
             return sock, owner, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
         self._sock, self._owner, self.endpoint = hub.call(setup)
@@ -93,7 +97,15 @@ class ListenerBase:
     def _attempt_accept(self) -> Any:
         if self._closed:
             raise ClosedChannelError("accept on a Listener that you closed")
-        return self._accepts.attempt_get()
+        while True:
+            rx = self._accepts.attempt_get()
+            if isinstance(rx, Waitable):
+                return rx
+            q = rx._q
+            # A channel whose session failed before anything arrived on it carries
+            # nothing: skip it (a flood of OPENs from a bad peer must not starve others).
+            if q is None or q.items or q.error is None:
+                return rx
 
     def _close(self) -> None:
         with LOCK:

@@ -346,6 +346,8 @@ class Session:
         self.state = CLOSED
         self.error = error
         self._channels.clear()
+        self._unpacker = None  # nothing after the end of a session is read
+        self._inbox.clear()
 
     def _require_open(self) -> None:
         if self.state != OPEN_STATE:

@@ -79,8 +79,8 @@ async def main() -> None:
     args = parser.parse_args()
 
     # ZeroMQ leaves ipc socket files behind: put them in a directory that we remove.
-    with tempfile.TemporaryDirectory(prefix="chan-example-") as tmp:
-        endpoint = f"ipc://{tmp}/rr.sock" if args.ipc else args.endpoint
+    with tempfile.TemporaryDirectory(prefix="cbx-example-") as tmp:
+        endpoint = f"ipc://{tmp}/cbx-rr.sock" if args.ipc else args.endpoint
         async with await chan.aio.listen(endpoint) as listener:
             server = asyncio.create_task(serve(listener))
             try:

@@ -80,8 +80,8 @@ def main() -> int:
     args = parser.parse_args()
 
     # ZeroMQ leaves ipc socket files behind: put them in a directory that we remove.
-    with tempfile.TemporaryDirectory(prefix="chan-example-") as tmp:
-        endpoint = f"ipc://{tmp}/fan_in.sock" if args.ipc else args.endpoint
+    with tempfile.TemporaryDirectory(prefix="cbx-example-") as tmp:
+        endpoint = f"ipc://{tmp}/cbx-fan_in.sock" if args.ipc else args.endpoint
         with chan.listen(endpoint) as listener:
             server = Server(listener)
             threading.Thread(target=server.serve, daemon=True).start()

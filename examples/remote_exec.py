@@ -178,8 +178,8 @@ def main() -> int:
     if args.connect:
         return client(args.connect)
     # ZeroMQ leaves ipc socket files behind: put them in a directory that we remove.
-    with tempfile.TemporaryDirectory(prefix="chan-example-") as tmp:
-        endpoint = f"ipc://{tmp}/exec.sock" if args.ipc else args.endpoint
+    with tempfile.TemporaryDirectory(prefix="cbx-example-") as tmp:
+        endpoint = f"ipc://{tmp}/cbx-exec.sock" if args.ipc else args.endpoint
         with chan.listen(endpoint) as listener:
             if args.serve:
                 print(f"serving on {listener.endpoint} (Ctrl-C to stop)", flush=True)

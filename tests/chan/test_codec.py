@@ -3,11 +3,13 @@
 A message is one msgpack value (use_bin_type: str is str8/16/32, bytes is bin) in which
 channel ends travel as ext types 1 (SENDER), 2 (RECEIVER) and 3 (STREAM) whose data is
 the channel id as 8 bytes big-endian (docs/PROTOCOL.md, "Messages and references").
+msgpack timestamps (ext type -1, part of the msgpack spec) are message values too.
 The codec never sees real ends here: fake to_ref/from_ref hooks stand in for a session.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import struct
 from typing import Any
@@ -81,8 +83,11 @@ def as_decoded(value: Any) -> Any:
     return value
 
 
+timestamps = st.builds(msgpack.Timestamp, st.integers(INT64_MIN, 2**63 - 1),
+                       st.integers(0, 999_999_999))
 scalars = (st.none() | st.booleans() | st.integers(INT64_MIN, UINT64_MAX)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text() | st.binary())
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text() | st.binary()
+           | timestamps)
 keys = st.text(max_size=8) | st.integers(INT64_MIN, UINT64_MAX)
 refs = st.builds(FakeEnd, st.sampled_from(codec.EXT_CODES), st.integers(0, UINT64_MAX))
 
@@ -199,13 +204,54 @@ def test_bad_payload_is_a_protocol_error(payload: bytes) -> None:
         codec.decode(payload, from_ref)
 
 
-@pytest.mark.xfail(reason="bug: codec.decode accepts ext type -1 (msgpack Timestamp) and "
-                          "returns a msgpack.Timestamp, although only ext types 1-3 are "
-                          "defined and unknown ext types must raise ProtocolError",
-                   strict=True)
-def test_timestamp_ext_is_not_a_message_value() -> None:
+# ------------------------------------------------------------------------ timestamps
+TIMESTAMPS = {
+    # the three forms of the msgpack spec's timestamp extension (ext type -1)
+    "32-bit": (msgpack.Timestamp(1, 0), "d6 ff 00 00 00 01"),
+    "64-bit": (msgpack.Timestamp(2**33, 7), "d7 ff 00 00 00 1e 00 00 00 00"),
+    "96-bit": (msgpack.Timestamp(-1, 5), "c7 0c ff 00 00 00 05 ff ff ff ff ff ff ff ff"),
+}
+
+
+@pytest.mark.parametrize("ts, wire", TIMESTAMPS.values(), ids=TIMESTAMPS.keys())
+def test_timestamps_round_trip(ts: msgpack.Timestamp, wire: str) -> None:
+    payload = codec.encode({"at": ts, "refs": [FakeEnd(codec.EXT_SENDER, 3)]}, to_ref)
+    assert bytes.fromhex(wire) in payload  # the shortest form, as msgpack writes it
+    value = codec.decode(payload, from_ref)
+    assert type(value["at"]) is msgpack.Timestamp and value["at"] == ts
+    assert value["refs"] == [FakeEnd(codec.EXT_SENDER, 3)]
+    assert codec.decode(bytes.fromhex(wire), from_ref) == ts
+    assert codec.encode(ts, to_ref) == bytes.fromhex(wire) == msgpack.packb(ts)
+
+
+def test_the_reusable_encoder_and_decoder_round_trip_timestamps() -> None:
+    ts = msgpack.Timestamp(1_700_000_000, 123_456_789)
+    pack, unpack = codec.encoder(to_ref), codec.decoder(from_ref)
+    assert unpack(pack([ts, FakeEnd(codec.EXT_STREAM, 5)])) == [ts, FakeEnd(codec.EXT_STREAM, 5)]
+
+
+def test_timestamps_do_not_reach_from_ref() -> None:
+    def no_ref(code: int, chid: int) -> Any:
+        raise AssertionError(f"ext {code} is not a reference")
+    assert codec.decode(b"\xd6\xff\x00\x00\x00\x01", no_ref) == msgpack.Timestamp(1, 0)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xc7\x03\xff\x00\x00\x00",  # 3 bytes: no such form
+    b"\xd8\xff" + bytes(16),  # 16 bytes: no such form
+    b"\xd7\xff" + struct.pack(">Q", (10**9 << 34) | 1),  # 64-bit, nanoseconds too big
+    b"\xc7\x0c\xff" + struct.pack(">Iq", 10**9, 1),  # 96-bit, nanoseconds too big
+], ids=["3-bytes", "16-bytes", "64-bit-ns-overflow", "96-bit-ns-overflow"])
+def test_malformed_timestamps_are_protocol_errors(payload: bytes) -> None:
     with pytest.raises(chan.ProtocolError):
-        codec.decode(b"\xd6\xff\x00\x00\x00\x01", from_ref)
+        codec.decode(payload, from_ref)
+
+
+def test_datetime_is_not_converted() -> None:
+    # Only msgpack.Timestamp travels; a datetime goes to the session's hook, which
+    # rejects it like any other foreign object.
+    with pytest.raises(TypeError, match="datetime"):
+        codec.encode(datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc), to_ref)
 
 
 def _decode_or_protocol_error(payload: bytes) -> None:

@@ -28,12 +28,6 @@ from chanpeers import Children  # noqa: E402
 REFUSED_WITHIN = 1.0  # the connect timeout the refused clients use
 MARGIN = 1.5
 
-_ZAP_DOMAIN_BUG = (
-    "bug: chan/net.py ListenerBase.__init__ sets sock.zap_domain to the str that "
-    "Hub.enable_zap returns ('chan-N'); pyzmq wants bytes for ZAP_DOMAIN, so every "
-    "chan.listen(curve=...) raises TypeError('unicode not allowed, use setsockopt_string')")
-# Tests that need a CurveZMQ listener (in this process: the TypeError itself).
-curve_listener_bug = pytest.mark.xfail(strict=True, raises=TypeError, reason=_ZAP_DOMAIN_BUG)
 
 
 class Keys:
@@ -135,7 +129,6 @@ def round_trip(session: chan.Session, listener: chan.Listener) -> None:
 
 
 # ---------------------------------------------------------------------------- tests
-@curve_listener_bug
 def test_allowed_client_exchanges_messages(listener, keys):
     with chan.connect(listener.endpoint, curve=keys.client, server_key=keys.server.public,
                       timeout=10) as session:
@@ -143,7 +136,6 @@ def test_allowed_client_exchanges_messages(listener, keys):
         round_trip(session, listener)
 
 
-@curve_listener_bug
 def test_unknown_key_gets_nothing(listener, keys, zctx):
     assert_refused(listener, listener.endpoint, curve=keys.stranger,
                    server_key=keys.server.public)
@@ -155,7 +147,6 @@ def test_unknown_key_gets_nothing(listener, keys, zctx):
         round_trip(session, listener)
 
 
-@curve_listener_bug
 def test_client_without_curve_gets_nothing(listener, keys, zctx):
     assert_refused(listener, listener.endpoint)
     assert_raw_frames_go_nowhere(zctx, listener)
@@ -164,14 +155,12 @@ def test_client_without_curve_gets_nothing(listener, keys, zctx):
         round_trip(session, listener)
 
 
-@curve_listener_bug
 def test_client_expecting_another_server_key_gets_nothing(listener, keys, zctx):
     impostor = chan.CurveKeys.generate().public  # the key the client believes in
     assert_refused(listener, listener.endpoint, curve=keys.client, server_key=impostor)
     assert_raw_frames_go_nowhere(zctx, listener, client=keys.client, server_key=impostor)
 
 
-@curve_listener_bug
 def test_raw_socket_with_an_allowed_key_is_answered(listener, keys, zctx):
     # The control for the raw refusals above: the same frames, with the allowed key.
     sock = raw_dealer(zctx, listener.endpoint, client=keys.client,
@@ -185,7 +174,6 @@ def test_raw_socket_with_an_allowed_key_is_answered(listener, keys, zctx):
     assert listener.accept(timeout=10).recv(timeout=10) == "let me in"
 
 
-@curve_listener_bug
 def test_each_listener_has_its_own_allow_list(keys):
     other_client = chan.CurveKeys.generate()
     with chan.listen("tcp://127.0.0.1:0", curve=keys.server,
@@ -215,7 +203,6 @@ def test_curve_needs_the_server_key(keys):
         chan.connect("tcp://127.0.0.1:1", curve=keys.client)
 
 
-@pytest.mark.xfail(strict=True, reason=_ZAP_DOMAIN_BUG + " (the child exits before READY)")
 def test_curve_listener_in_another_process(children, keys):
     server = children.start(
         "server.py", "tcp://127.0.0.1:0",

@@ -2,6 +2,8 @@
 
 The vectors are parsed out of the document (fenced blocks with the info string
 ``chan-vector``), so the spec and the code cannot drift apart unnoticed (libchan's lesson).
+The ``answer`` of an undelivered message is checked against the runtime
+(chan._session.SessionCore, with a transport that only collects what it is given).
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from typing import Any, Callable
 import msgpack
 import pytest
 
-from chan import codec
+from chan import _sync, codec
 from chan import protocol as P
+from chan._session import SessionCore
+from chan.channel import MsgQueue
 from chan.errors import ProtocolError, SessionLost
+from chan.net import BLOCKING
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
-LITERAL_KEYS = ("records", "message", "events")
+LITERAL_KEYS = ("records", "message", "events", "answer")
+EXPECTATIONS = {"ProtocolError", "UnknownSession", "dropped", "undelivered", "accepted"}
 REF_NAMES = {"SENDER": codec.EXT_SENDER, "RECEIVER": codec.EXT_RECEIVER,
              "STREAM": codec.EXT_STREAM}
 REF_CODES = {v: k for k, v in REF_NAMES.items()}
@@ -72,9 +78,18 @@ def test_the_document_has_the_vectors() -> None:
     assert ops == set(range(13))
     assert any(len(v["records"]) == 2 for v in TRANSCRIPT)
     assert len(INVALID) >= 10
-    assert {v["expect"] for v in INVALID} == {"ProtocolError", "UnknownSession", "dropped"}
+    assert {v["expect"] for v in INVALID} == EXPECTATIONS
     for v in INVALID:
         assert v["setup"] in SETUPS, v["name"]
+        if v["expect"] in ("undelivered", "accepted"):
+            assert "events" in v, v["name"]
+        if "answer" in v:
+            assert v["expect"] == "undelivered" and v["setup"] == "server-stopped", v["name"]
+    # The HELLO and WELCOME of the transcript announce all five settings.
+    for name in ("hello", "welcome"):
+        assert list(BY_NAME[name]["records"][0][3]) == list(P.Settings().to_wire()), name
+    # An undelivered message with every kind of reference, answered by the runtime.
+    assert any(v.get("answer") and len(v["answer"]) == 4 for v in INVALID)
 
 
 # ------------------------------------------------------------------------ bytes <-> meaning
@@ -279,9 +294,12 @@ def _client_new() -> P.Session:
     return c
 
 
+SERVER_OPEN_SETTINGS = P.Settings(window=1, stream_window=16, max_message=64,
+                                  heartbeat_ms=1000, max_channels=3)
+
+
 def _server_open() -> P.Session:
-    s = P.Session(client=False, clock=Clock(), settings=P.Settings(
-        window=1, stream_window=16, max_message=64, heartbeat_ms=1000, max_channels=2))
+    s = P.Session(client=False, clock=Clock(), settings=SERVER_OPEN_SETTINGS)
     events, _ = receive(s, BY_NAME["hello"]["bytes"])
     assert _names(events) == ["Handshaken"]
     events, _ = receive(s, bytes.fromhex("920201"))
@@ -308,12 +326,31 @@ SETUPS: dict[str, Callable[[], P.Session]] = {
 @pytest.mark.parametrize("vector", INVALID, ids=ids(INVALID))
 def test_invalid_and_late_frames(vector: dict) -> None:
     session = SETUPS[vector["setup"]]()
-    events, _ = receive(session, vector["bytes"])
+    events, values = receive(session, vector["bytes"])
     expect = vector["expect"]
     if expect == "dropped":
         assert events == []
         assert session.state == P.OPEN_STATE
         assert session.data_to_send() == []
+        return
+    if expect == "undelivered":
+        assert _names(events) == vector["events"] == ["MessageReceived"] * len(events)
+        assert session.state == P.OPEN_STATE
+        assert session.data_to_send() == []  # the protocol layer itself says nothing
+        if "message" in vector:
+            assert values == [vector["message"]]
+        return
+    if expect == "accepted":
+        assert _names(events) == vector["events"]
+        assert session.state == P.OPEN_STATE
+        queued = unpack_records(b"".join(session.data_to_send()))
+        assert [r[0] for r in queued] == ([P.WELCOME] if "Handshaken" in vector["events"]
+                                          else [])
+        if "Handshaken" in vector["events"]:
+            wire = vector["records"][0][3]
+            # timeout_ms is optional on receipt: three heartbeats when missing.
+            assert session.peer.timeout_ms == wire.get("timeout_ms",
+                                                       3 * wire["heartbeat_ms"])
         return
     assert events and type(events[-1]) is P.SessionFailed, events
     assert type(events[-1].error) is ProtocolError
@@ -324,3 +361,48 @@ def test_invalid_and_late_frames(vector: dict) -> None:
     assert abort[0] == P.ABORT and isinstance(abort[2], str)
     assert abort[1] == {"ProtocolError": P.PROTOCOL_ERROR,
                         "UnknownSession": P.UNKNOWN_SESSION}[expect]
+
+
+# ------------------------------------------------------------------------ the runtime's answer
+class _Transport:
+    """What SessionCore needs of a transport; frames stay in the protocol session."""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def flush_soon(self, core: SessionCore) -> None:
+        pass
+
+    def session_ended(self, core: SessionCore) -> None:
+        self.ended = True
+
+
+ANSWERED = [v for v in INVALID if "answer" in v]
+
+
+@pytest.mark.parametrize("vector", ANSWERED, ids=ids(ANSWERED))
+def test_the_runtime_answers_undelivered_messages(vector: dict) -> None:
+    # server-stopped, with the runtime on top: the accept()ed Receiver of channel 1 is
+    # closed (that is what sends STOP 1); then the vector's frame arrives.
+    transport = _Transport()
+    with _sync.LOCK:
+        accepts = MsgQueue(capacity=16)
+        core = SessionCore(P.Session(client=False, clock=Clock(),
+                                     settings=SERVER_OPEN_SETTINGS),
+                           transport, BLOCKING, accepts=accepts)
+        core.feed(BY_NAME["hello"]["bytes"])
+        core.feed(bytes.fromhex("920201"))
+        receiver = accepts.attempt_get()
+        assert type(receiver) is BLOCKING.Receiver
+        receiver.close()
+        before = unpack_records(b"".join(core.proto.data_to_send()))
+        assert [r[0] for r in before] == [P.WELCOME, P.STOP] and before[1][1] == 1
+        core.feed(vector["bytes"])
+        answer = unpack_records(b"".join(core.proto.data_to_send()))
+        assert answer == vector["answer"]
+        assert core.proto.state == P.OPEN_STATE and not core.closed and not transport.ended
+        # Every end the message carried is closed: none is left in the session's tables
+        # but the Senders' sinks, which wait for the END_ACK of their END.
+        ends = [r[1] for r in vector["answer"]]
+        assert not set(core.ins) & set(ends)
+        assert set(core.outs) == {r[1] for r in vector["answer"] if r[0] == P.END}

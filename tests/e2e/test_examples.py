@@ -43,7 +43,7 @@ def transport(request: pytest.FixtureRequest, tmp_path: Path,
         yield []
         return
     # The examples make their ipc directory under TMPDIR: point it at an empty one.
-    tmpdir = tmp_path / "tmp"
+    tmpdir = tmp_path / "cbx-tmp"
     tmpdir.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     yield ["--ipc"]
@@ -54,7 +54,7 @@ def transport(request: pytest.FixtureRequest, tmp_path: Path,
 def serving(example: str, endpoint: str, tmp_path: Path,
             stop: signal.Signals) -> Iterator[None]:
     """The example's --serve mode in a process of its own, stopped with ``stop``."""
-    tmpdir = tmp_path / "server-tmp"
+    tmpdir = tmp_path / "cbx-server-tmp"
     tmpdir.mkdir()
     server = subprocess.Popen(
         [sys.executable, str(EXAMPLES / example), "--serve", "--endpoint", endpoint],
@@ -91,7 +91,7 @@ def test_request_reply(transport: list[str]) -> None:
 
 
 def test_request_reply_in_two_processes(tmp_path: Path) -> None:
-    endpoint = f"ipc://{tmp_path}/rr.sock"
+    endpoint = f"ipc://{tmp_path}/cbx-rr.sock"
     with serving("request_reply.py", endpoint, tmp_path, signal.SIGINT):  # Ctrl-C
         for _ in range(2):  # the server keeps serving after a client leaves
             result = run("request_reply.py", "--connect", endpoint)
@@ -171,7 +171,7 @@ def test_remote_exec_command_ignoring_stdin_does_not_wait_for_it() -> None:
 
 
 def test_remote_exec_in_two_processes(tmp_path: Path) -> None:
-    endpoint = f"ipc://{tmp_path}/exec.sock"
+    endpoint = f"ipc://{tmp_path}/cbx-exec.sock"
     with serving("remote_exec.py", endpoint, tmp_path, signal.SIGTERM):  # kill
         result = run("remote_exec.py", "--connect", endpoint, "--", "rev", input=b"abc\n")
         assert (result.returncode, result.stdout, result.stderr) == (0, b"cba\n", b"")

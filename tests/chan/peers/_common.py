@@ -5,7 +5,6 @@ outlives the test process that started it (even when that process is killed).
 """
 
 import os
-import sys
 import threading
 
 

@@ -106,7 +106,7 @@ class Children:
     def start(self, script: str, *args: str, name: str | None = None) -> Child:
         self._n += 1
         name = name or script
-        err = open(self.tmpdir / f"stderr-{self._n}-{Path(script).stem}.txt", "w+b")
+        err = open(self.tmpdir / f"cbx-stderr-{self._n}-{Path(script).stem}.txt", "w+b")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env.pop("PYTHONSTARTUP", None)
