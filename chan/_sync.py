@@ -57,6 +57,68 @@ class Waitable:
             pass
 
 
+class QueueBase(Waitable):
+    """What message and byte queues share: the end states seen by both sides.
+
+    ``upstream`` (a session's inbound channel, or None) is told when items are taken (to
+    grant credit) and when the consumer goes away (to STOP the peer); ``pump`` is the
+    relay consuming the queue when its consuming end was sent into a session.
+    """
+
+    __slots__ = ("capacity", "eof", "error", "closed", "broken", "upstream", "pump")
+
+    #: (code, message) the producers' sends fail with once the consumer closed.
+    CONSUMER_GONE: tuple[str, str]
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.eof = False  # the producer ended cleanly
+        self.error: BaseException | None = None  # raised to the consumer once drained
+        self.closed = False  # the consumer closed its end
+        self.broken: BaseException | None = None  # raised to producers
+        self.upstream: Any = None
+        self.pump: Any = None
+
+    def backlog(self) -> bool:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def close_consumer(self) -> None:
+        """The consumer is gone: drop what is queued; producers' sends now fail."""
+        if self.closed:
+            return
+        self.closed = True
+        self.discard()
+        if self.broken is None:
+            self.broken = RemoteError(*self.CONSUMER_GONE)
+        if self.upstream is not None:
+            self.upstream.abandon(self.CONSUMER_GONE)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """The producer side is gone: the consumer gets ``error`` after what is queued."""
+        if self.error is None and not self.eof:
+            self.error = error
+        self._wake()
+
+    def end(self, error: tuple[str, str] | None) -> None:
+        """The producer is done (``error``: None or (code, message))."""
+        if self.eof or self.error is not None:
+            return
+        if error is None:
+            self.eof = True
+        else:
+            self.error = RemoteError(*error)
+        self._wake()
+
+    def attempt_ended(self) -> Any:
+        # Delivered once the local consumer has it; when pumped, once the peer does.
+        return None if self.pump is None else self.pump.attempt_ended()
+
+
 def fresh(exc: BaseException) -> BaseException:
     """A new instance of a stored error, so each raise gets its own traceback."""
     new = copy.copy(exc)

@@ -18,33 +18,23 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterator
 
-from ._sync import LOCK, Pump, Waitable, fresh, wait_sync
-from .errors import ClosedChannelError, EndOfChannel, RemoteError, error_tuple
+from ._sync import LOCK, Pump, QueueBase, Waitable, fresh, wait_sync
+from .errors import ClosedChannelError, EndOfChannel, error_tuple
 
 DEFAULT_CAPACITY = 256
 
 RECEIVER_CLOSED = ("ReceiverClosed", "the receiving end of this channel was closed")
 
 
-class MsgQueue(Waitable):
-    """A bounded FIFO of messages: the consumer side of every channel.
+class MsgQueue(QueueBase):
+    """A bounded FIFO of messages: the consumer side of every channel."""
 
-    ``upstream`` (a session's inbound channel, or None) is told when messages are taken
-    (to grant credit) and when the consumer goes away (to STOP the peer).
-    """
-
-    __slots__ = ("items", "capacity", "eof", "error", "closed", "broken", "upstream", "pump")
+    __slots__ = ("items",)
+    CONSUMER_GONE = RECEIVER_CLOSED
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        super().__init__()
+        super().__init__(capacity)
         self.items: deque = deque()
-        self.capacity = capacity
-        self.eof = False  # the producer ended cleanly
-        self.error: BaseException | None = None  # raised to the consumer once drained
-        self.closed = False  # the consumer closed its end
-        self.broken: BaseException | None = None  # raised to producers
-        self.upstream: Any = None
-        self.pump: Any = None  # the Pump consuming this queue, when its Receiver was sent
 
     def backlog(self) -> bool:
         return bool(self.items)
@@ -70,23 +60,6 @@ class MsgQueue(Waitable):
             raise EndOfChannel()
         return self
 
-    def close_consumer(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.items.clear()
-        if self.broken is None:
-            self.broken = RemoteError(*RECEIVER_CLOSED)
-        if self.upstream is not None:
-            self.upstream.abandon(RECEIVER_CLOSED)
-        self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        """The producer side is gone: the consumer gets ``error`` after what is queued."""
-        if self.error is None and not self.eof:
-            self.error = error
-        self._wake()
-
     # -- producer (sink) side
     def attempt_send(self, msg: Any) -> Waitable | None:
         if self.broken is not None:
@@ -106,19 +79,6 @@ class MsgQueue(Waitable):
             self.items.append(msg)
             if self._waiters:
                 self._wake()
-
-    def end(self, error: tuple[str, str] | None) -> None:
-        if self.eof or self.error is not None:
-            return
-        if error is None:
-            self.eof = True
-        else:
-            self.error = RemoteError(*error)
-        self._wake()
-
-    def attempt_ended(self) -> Any:
-        # A pipe is delivered once the consumer has it; a pumped one once the peer does.
-        return None if self.pump is None else self.pump.attempt_ended()
 
 
 class SenderBase:

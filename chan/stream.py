@@ -13,31 +13,24 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterator
 
-from ._sync import LOCK, Pump, Waitable, fresh, wait_sync
-from .errors import ClosedChannelError, RemoteError, Timeout, error_tuple
+from ._sync import LOCK, Pump, QueueBase, Waitable, fresh, wait_sync
+from .errors import ClosedChannelError, Timeout, error_tuple
 
 DEFAULT_BUFFER = 256 * 1024
 
 READER_CLOSED = ("ReaderClosed", "the reading side of this stream was closed")
 
 
-class ByteQueue(Waitable):
+class ByteQueue(QueueBase):
     """Bytes waiting to be read, bounded by ``capacity``."""
 
-    __slots__ = ("chunks", "size", "capacity", "eof", "error", "closed", "broken", "upstream",
-                 "pump")
+    __slots__ = ("chunks", "size")
+    CONSUMER_GONE = READER_CLOSED
 
     def __init__(self, capacity: int = DEFAULT_BUFFER) -> None:
-        super().__init__()
+        super().__init__(capacity)
         self.chunks: deque[bytes] = deque()
         self.size = 0
-        self.capacity = capacity
-        self.eof = False
-        self.error: BaseException | None = None
-        self.closed = False
-        self.broken: BaseException | None = None
-        self.upstream: Any = None  # a session's inbound stream: credit and STOP
-        self.pump: Any = None  # the Pump consuming this queue, when its end was sent
 
     def backlog(self) -> bool:
         return self.size > 0
@@ -100,23 +93,6 @@ class ByteQueue(Waitable):
             return self._take(limit)
         return self.attempt_read(-1)
 
-    def close_reader(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.chunks.clear()
-        self.size = 0
-        if self.broken is None:
-            self.broken = RemoteError(*READER_CLOSED)
-        if self.upstream is not None:
-            self.upstream.abandon(READER_CLOSED)
-        self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        if self.error is None and not self.eof:
-            self.error = error
-        self._wake()
-
     # -- writer (sink) side
     def attempt_write(self, data: bytes | memoryview) -> Any:
         if self.broken is not None:
@@ -137,18 +113,6 @@ class ByteQueue(Waitable):
             self.chunks.append(data)
             self.size += len(data)
             self._wake()
-
-    def end(self, error: tuple[str, str] | None) -> None:
-        if self.eof or self.error is not None:
-            return
-        if error is None:
-            self.eof = True
-        else:
-            self.error = RemoteError(*error)
-        self._wake()
-
-    def attempt_ended(self) -> Any:
-        return None if self.pump is None else self.pump.attempt_ended()
 
 
 class ByteStreamBase:
@@ -184,7 +148,7 @@ class ByteStreamBase:
             rq, sink = self._rq, self._sink
             self._rq = self._sink = None
             if rq is not None:
-                rq.close_reader()
+                rq.close_consumer()
             if sink is not None:
                 sink.end(None if error is None else error_tuple(error))
             return sink
