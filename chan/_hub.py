@@ -8,18 +8,20 @@ event loops integrate ZeroMQ), then takes the lock, receives until EAGAIN and fe
 frames to their :class:`SessionCore`.  It also ticks heartbeats and answers CurveZMQ
 authentication (ZAP) requests.
 
-Sending is "flush on block", like a Nagle that never waits on a blocked sender: records
-that user threads queue stay in their session's current frame until that thread blocks
-(``wait_sync`` calls :meth:`Hub.sleep_on`, which first sends every pending frame), until
-the frame is full, or at the latest ``NAGLE`` seconds later when the I/O thread sends
-them.  So a reply and the END that closes its channel leave as one frame, a busy channel
-batches hundreds of messages per frame, and a thread that waits for an answer has sent
-its request before it sleeps.  Because a send can swallow the edge of an
-incoming-message notification, every send is followed by a look at ``zmq.EVENTS``.
+Sending: records queue in their session's current frame.  A user thread sends them
+itself, with no thread hop, when it blocks (``wait_sync`` calls :meth:`Hub.sleep_on`,
+which first sends everything pending) or when a chan call returns (:meth:`Hub.settle`).
+A session that sent less than ``DIRECT_GAP`` ago is busy: its records wait for more, and
+the I/O thread sends them ``NAGLE`` later if nobody did.  So a reply and the END that
+closes its channel leave as one frame, a busy channel batches dozens of messages per
+frame, and a request has left before its sender sleeps.  A send can swallow the edge of
+an incoming-message notification, so every send is followed by a look at zmq.EVENTS.
 
 Receiving: a thread that waits polls the sockets itself (besides its own alarm), so the
-frame it waits for is taken off the socket by the thread that wants it: no hop through
-the I/O thread, which is what keeps request/reply latency near raw ZeroMQ's.
+frame it waits for is taken off the socket by the thread that wants it.  Meanwhile the
+I/O thread keeps off the sockets ("bare"), until no thread has polled for
+``BARE_LINGER``: two threads woken for one frame would fight over it and the GIL.
+Together this keeps request/reply free of thread hops, as with raw ZeroMQ.
 
 Transports only move bytes: they never look inside a frame.
 """
@@ -37,6 +39,7 @@ from collections import deque
 from typing import Any, Callable
 
 import zmq
+import zmq.backend
 
 from . import _sync
 from ._sync import LOCK
@@ -44,9 +47,14 @@ from .errors import ChannelError, SessionLost
 
 TICK = 0.1  # seconds between heartbeat checks
 RECV_BATCH = 512  # frames taken from one socket before looking at the others
-# Longest a queued record waits for its thread to block before the I/O thread sends it.
-# (zmq_poll counts whole milliseconds: anything shorter would make the I/O thread spin.)
+DIRECT_GAP = 200e-6  # a session flushed more recently than this is busy: batch
+# Longest a batched record waits before the I/O thread sends it.  (zmq_poll counts whole
+# milliseconds: anything shorter would make the I/O thread spin.)
 NAGLE = 1e-3
+BARE_LINGER = 2e-3  # the I/O thread watches the sockets again after this without pollers
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_get = zmq.backend.Socket.get  # pyzmq's sugar wraps EVENTS in an enum: 1 us a call
 COPY_BELOW = 64 * 1024  # smaller frames are copied into zmq (cheaper than tracking them)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
@@ -170,9 +178,11 @@ class Hub:
         self._local = threading.local()  # per waiting thread: its poller
         self.dirty: list[tuple[_Link, Any]] = []
         self.dirty_since = 0.0  # when a user thread first queued what is in self.dirty
+        self.busy_until = 0.0  # until then, the last session that sent counts as busy
         self.io_dirty = False  # the I/O thread queued records itself: flush this round
         self.recheck: set[Any] = set()  # owners that may have frames waiting
         self.pollers = 0  # user threads polling the sockets in sleep_on
+        self.poller_left = 0.0  # when the last of them stopped
         self.io_bare = False  # the I/O thread sleeps without watching the sockets
         self.failed: list[tuple[Any, zmq.ZMQError]] = []
         self.closing: list[zmq.Socket] = []
@@ -192,7 +202,8 @@ class Hub:
             os.eventfd_write(self.efd, 1)
 
     def flush_soon(self, link: _Link, core: Any) -> None:
-        """``core`` has records to send: they leave when this thread blocks (see above)."""
+        """``core`` has records to send: they leave when this thread blocks or its chan
+        call returns (see above)."""
         if core.proto.frames_ready():
             self._send(link, core)  # a full frame: no reason to wait
         if core.dirty:
@@ -201,14 +212,47 @@ class Hub:
         self.dirty.append((link, core))
         if threading.current_thread() is self.thread:
             self.io_dirty = True
-        elif not self.dirty_since:
-            self.dirty_since = time.monotonic()
-            self._signal()  # arms the I/O thread's NAGLE timer
+
+    def settle(self) -> None:
+        """_sync.SETTLE_HOOK, at the end of a chan call that did not block: take what a
+        send of this thread may have hidden from the I/O thread, and send what is pending
+        unless its session is busy (then the NAGLE timer takes it)."""
+        if not self.recheck and (not self.dirty or (
+                self.dirty_since and time.monotonic() < self.busy_until)):
+            return  # nothing to do, or a busy channel whose batch the timer already covers
+        with LOCK:
+            self._catch_up(busy=DIRECT_GAP)
+            if self.dirty and not self.dirty_since:
+                self.dirty_since = time.monotonic()
+                self._signal()  # arms the I/O thread's NAGLE timer
+
+    def _catch_up(self, busy: float = 0.0) -> None:
+        """Under the lock, any thread: receive what a send hid from the pollers, and send
+        what is pending (except for sessions that sent less than ``busy`` ago), until
+        neither produces more (an incoming END makes an END_ACK to send, a send may
+        reveal an incoming frame)."""
+        for _ in range(8):  # bounded: a peer streaming at us must not keep us here
+            while self.recheck:
+                self._pump(self.recheck.pop())
+            if not self.dirty:
+                return
+            now = time.monotonic()
+            dirty, self.dirty = self.dirty, []
+            for link, core in dirty:
+                if now - core.last_flush >= busy:
+                    core.dirty = False
+                    self._send(link, core)
+                else:
+                    self.dirty.append((link, core))
+            if not self.recheck:
+                return
 
     def _send(self, link: _Link, core: Any) -> None:
         frames = core.proto.data_to_send()
         if not frames:
             return
+        core.last_flush = now = time.monotonic()
+        self.busy_until = now + DIRECT_GAP
         try:
             link.send(frames)
         except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY) or worse
@@ -216,17 +260,18 @@ class Hub:
             self._signal()
             return
         # A send processes the socket's pending commands and may swallow the edge that
-        # would have told the I/O thread about an incoming frame: look, and tell it.
-        if link.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        # would have told the I/O thread about an incoming frame: look, and have it taken
+        # (by this thread before its chan call returns or sleeps, see settle/sleep_on).
+        if _get(link.sock, _EVENTS) & _POLLIN:
             self.recheck.add(link.owner)
-            self._signal()
+            if threading.current_thread() is self.thread:
+                self._signal()
 
     def _pump(self, owner: Any) -> None:
         """Under the lock, any thread: take what waits on the owner's socket."""
         if owner.sock in self.owners:
             # zmq.EVENTS resets the notification fd's edge; then receive everything.
-            owner.sock.getsockopt(zmq.EVENTS)
-            if owner.pump_in():
+            if _get(owner.sock, _EVENTS) & _POLLIN and owner.pump_in():
                 self.recheck.add(owner)  # batch limit: come back without sleeping
                 self._signal()
 
@@ -241,9 +286,11 @@ class Hub:
             self.pollers += 1
         try:
             while True:
-                if self.dirty:
+                if self.dirty or self.recheck:
                     with LOCK:
-                        self._flush_now()
+                        self._catch_up()
+                    if alarm.rung:
+                        return True
                 if poller is None or local.generation != self.generation \
                         or local.fd != alarm.fd:
                     with LOCK:
@@ -263,18 +310,12 @@ class Hub:
                             owner = self.by_fd.get(fd)
                             if owner is not None:
                                 self._pump(owner)
-                # Rung while pumping: return before flushing what the pumping queued
-                # (acknowledgements), so it leaves with what this thread sends next.
                 if alarm.rung:
                     return True
         finally:
             with LOCK:
                 self.pollers -= 1
-                if not self.pollers and self.io_bare:
-                    # The I/O thread must watch the sockets again; an edge consumed
-                    # meanwhile would be lost without a look at every socket.
-                    self.recheck.update(self.owners.values())
-                    self._signal()
+                self.poller_left = time.monotonic()
 
     def _make_poller(self, fd: int, sockets: bool) -> zmq.Poller:
         poller = zmq.Poller()
@@ -387,9 +428,16 @@ class Hub:
                     polling = (self.generation, self.zap is not None)
                     full = self._make_poller(self.efd, sockets=True)
                     bare = self._make_poller(self.efd, sockets=False)
-            # While a user thread polls the sockets, this thread keeps off them: two
-            # threads woken for one frame would fight over it (and the GIL).
-            self.io_bare = bool(self.pollers)
+            # While user threads poll the sockets, this thread keeps off them (see above).
+            if self.pollers:
+                self.io_bare = True
+            elif self.io_bare and now - self.poller_left >= BARE_LINGER:
+                with LOCK:  # back on watch: first look at what came in meanwhile
+                    self.io_bare = False
+                    self.recheck.update(self.owners.values())
+                    timeout = 0.0
+            if self.io_bare:
+                timeout = min(timeout, BARE_LINGER)
             try:
                 ready = (bare if self.io_bare else full).poll(math.ceil(timeout * 1000))
             except zmq.ZMQError as exc:
@@ -404,6 +452,7 @@ class Hub:
                     for owner in list(self.owners.values()):
                         for core in owner.cores():
                             _guarded(core, core.tick)
+                    self.io_dirty = True  # and a safety net: nothing waits longer
                 if self.io_dirty or (self.dirty_since and now >= self.dirty_since + NAGLE):
                     self._flush_now()
 
@@ -481,6 +530,7 @@ def get_hub() -> Hub:
                 _hub = Hub()
                 _sync.POLL_HOOK = _hub.sleep_on
                 _sync.FLUSH_HOOK = _hub._flush_now
+                _sync.SETTLE_HOOK = _hub.settle
             hub = _hub
     return hub
 
@@ -490,7 +540,7 @@ def _forget_after_fork() -> None:
     # be used there: start afresh on first use.
     global _hub
     _hub = None
-    _sync.POLL_HOOK = _sync.FLUSH_HOOK = None
+    _sync.POLL_HOOK = _sync.FLUSH_HOOK = _sync.SETTLE_HOOK = None
 
 
 def _at_exit() -> None:

@@ -146,6 +146,7 @@ class SessionCore:
         self.clean_end = False  # ... ended on purpose by us or by the peer
         self.feeders: set = set()  # pumps relaying local queues into this session
         self.dirty = False  # the transport will flush it (set and cleared by the transport)
+        self.last_flush = 0.0  # when the transport last sent this session's frames
         self.max_send = proto.settings.max_message
         self._found: list[tuple[Any, int]] = []  # ends met by the encoder in this message
         self._pack = codec.encoder(self._to_ref)

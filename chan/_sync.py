@@ -180,6 +180,16 @@ POLL_HOOK: Callable[[_Alarm, float | None], bool] | None = None
 # Set with POLL_HOOK: sends what sessions queued; called (under the lock) by front ends
 # that sleep without POLL_HOOK (asyncio) right before they sleep.
 FLUSH_HOOK: Callable[[], None] | None = None
+# Set with POLL_HOOK: called (without the lock) when a chan call returns without
+# having slept, so that what it queued leaves now (see _hub.Hub.settle).
+SETTLE_HOOK: Callable[[], None] | None = None
+
+
+def settle() -> None:
+    """Let what this call queued for sessions leave (a no-op without the transport)."""
+    hook = SETTLE_HOOK
+    if hook is not None:
+        hook()
 
 
 def wait_sync(attempt: Callable[[], Any], timeout: float | None, what: str) -> Any:
@@ -190,24 +200,26 @@ def wait_sync(attempt: Callable[[], Any], timeout: float | None, what: str) -> A
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     alarm = _alarm()
-    while True:
-        with LOCK:
-            result = attempt()
-            if not isinstance(result, Waitable):
-                return result
-            alarm.clear()
-            result._waiters.append(alarm.ring)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        sleep = POLL_HOOK or _sleep_on
-        if sleep(alarm, remaining) or deadline is None:
-            continue
-        with LOCK:
-            result._unwait(alarm.ring)
-            # One last try: the state may have changed just as the timer ran out.
-            final = attempt()
-        if not isinstance(final, Waitable):
-            return final
-        raise Timeout(f"{what} timed out after {timeout} s")
+    try:
+        while True:
+            with LOCK:
+                result = attempt()
+                if not isinstance(result, Waitable):
+                    return result
+                alarm.clear()
+                result._waiters.append(alarm.ring)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if (POLL_HOOK or _sleep_on)(alarm, remaining) or deadline is None:
+                continue
+            with LOCK:
+                result._unwait(alarm.ring)
+                # One last try: the state may have changed just as the timer ran out.
+                final = attempt()
+            if not isinstance(final, Waitable):
+                return final
+            raise Timeout(f"{what} timed out after {timeout} s")
+    finally:
+        settle()  # what the call queued leaves now (or is batched), not at the next call
 
 
 class Pump:

@@ -59,34 +59,37 @@ async def _wait(attempt: Callable[[], Any], timeout: float | None, what: str) ->
     """The asyncio twin of ``_sync.wait_sync``: awaits a future the wake-up resolves."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        with LOCK:
-            result = attempt()
-            if not isinstance(result, Waitable):
-                return result
-            fut = loop.create_future()
-            wake = _waker(loop, fut)
-            result._waiters.append(wake)
-            flush = _sync.FLUSH_HOOK
-            if flush is not None:
-                flush()  # what this task queued leaves before it sleeps (see _hub)
-        try:
-            if deadline is None:
-                await fut
-            else:
-                async with asyncio.timeout(deadline - time.monotonic()):
+    try:
+        while True:
+            with LOCK:
+                result = attempt()
+                if not isinstance(result, Waitable):
+                    return result
+                fut = loop.create_future()
+                wake = _waker(loop, fut)
+                result._waiters.append(wake)
+                flush = _sync.FLUSH_HOOK
+                if flush is not None:
+                    flush()  # what this task queued leaves before it sleeps (see _hub)
+            try:
+                if deadline is None:
                     await fut
-        except TimeoutError:
-            with LOCK:
-                result._unwait(wake)
-                final = attempt()
-            if not isinstance(final, Waitable):
-                return final
-            raise Timeout(f"{what} timed out after {timeout} s") from None
-        except asyncio.CancelledError:
-            with LOCK:
-                result._unwait(wake)
-            raise
+                else:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        await fut
+            except TimeoutError:
+                with LOCK:
+                    result._unwait(wake)
+                    final = attempt()
+                if not isinstance(final, Waitable):
+                    return final
+                raise Timeout(f"{what} timed out after {timeout} s") from None
+            except asyncio.CancelledError:
+                with LOCK:
+                    result._unwait(wake)
+                raise
+    finally:
+        _sync.settle()
 
 
 class Sender(SenderBase):
@@ -98,8 +101,10 @@ class Sender(SenderBase):
         """Send one message; waits while the receiver has no room.  See chan.Sender.send."""
         with LOCK:
             sink = self._sink
-            if sink is not None and sink.attempt_send(msg) is None:
-                return
+            sent = sink is not None and sink.attempt_send(msg) is None
+        if sent:
+            _sync.settle()
+            return
         await _wait(lambda: self._attempt_send(msg), timeout, "send")
 
     async def close(self, error: BaseException | None = None,
@@ -125,8 +130,12 @@ class Receiver(ReceiverBase):
         """The next message.  See chan.Receiver.recv."""
         with LOCK:
             q = self._q
-            if q is not None and q.items:
-                return q.attempt_get()
+            got = q is not None and bool(q.items)
+            if got:
+                msg = q.attempt_get()
+        if got:
+            _sync.settle()
+            return msg
         return await _wait(self._attempt_recv, timeout, "recv")
 
     def __aiter__(self) -> AsyncIterator[Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterator
 
-from ._sync import LOCK, Pump, QueueBase, Waitable, fresh, wait_sync
+from ._sync import LOCK, Pump, QueueBase, Waitable, fresh, settle, wait_sync
 from .errors import ClosedChannelError, EndOfChannel, error_tuple
 
 DEFAULT_CAPACITY = 256
@@ -135,8 +135,10 @@ class Sender(SenderBase):
         """
         with LOCK:
             sink = self._sink
-            if sink is not None and sink.attempt_send(msg) is None:
-                return  # the common case: room available
+            sent = sink is not None and sink.attempt_send(msg) is None
+        if sent:  # the common case: there was room
+            settle()
+            return
         wait_sync(lambda: self._attempt_send(msg), timeout, "send")
 
     def close(self, error: BaseException | None = None, timeout: float | None = None) -> None:
@@ -207,8 +209,12 @@ class Receiver(ReceiverBase):
         """
         with LOCK:
             q = self._q
-            if q is not None and q.items:
-                return q.attempt_get()
+            got = q is not None and bool(q.items)
+            if got:
+                msg = q.attempt_get()
+        if got:  # the common case: a message was waiting
+            settle()
+            return msg
         return wait_sync(self._attempt_recv, timeout, "recv")
 
     def __iter__(self) -> Iterator[Any]:

@@ -55,8 +55,8 @@ SHUTDOWN = "Shutdown"
 class Settings:
     """What one side tells the other in its HELLO/WELCOME."""
 
-    window: int = 1 << 20  # cost units (see MSG_COST) a channel may have in flight to us
-    stream_window: int = 1 << 20  # bytes a stream may have in flight towards us
+    window: int = 4 << 20  # cost units (see MSG_COST) a channel may have in flight to us
+    stream_window: int = 4 << 20  # bytes a stream may have in flight towards us
     max_message: int = 64 * 1024 * 1024  # largest MSG payload / DATA chunk we accept
     heartbeat_ms: int = 1000  # we send a PING when idle this long (or sooner, see tick)
     timeout_ms: int = 3000  # we declare the peer dead after this long without a frame
