@@ -222,9 +222,13 @@ class Hub:
             return  # nothing to do, or a busy channel whose batch the timer already covers
         with LOCK:
             self._catch_up(busy=DIRECT_GAP)
-            if self.dirty and not self.dirty_since:
-                self.dirty_since = time.monotonic()
-                self._signal()  # arms the I/O thread's NAGLE timer
+            self._arm_nagle()
+
+    def _arm_nagle(self) -> None:
+        """What is still queued leaves with the I/O thread within NAGLE."""
+        if self.dirty and not self.dirty_since:
+            self.dirty_since = time.monotonic()
+            self._signal()
 
     def _catch_up(self, busy: float = 0.0) -> None:
         """Under the lock, any thread: receive what a send hid from the pollers, and send
@@ -289,6 +293,7 @@ class Hub:
                 if self.dirty or self.recheck:
                     with LOCK:
                         self._catch_up()
+                        self._arm_nagle()  # only if a streaming peer kept it busy
                     if alarm.rung:
                         return True
                 if poller is None or local.generation != self.generation \

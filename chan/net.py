@@ -7,7 +7,10 @@ its channels and streams.  TCP endpoints can require CurveZMQ (:class:`CurveKeys
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -122,6 +125,12 @@ class ListenerBase:
             self._hub._flush_now()
             self._hub.drop_socket(self._sock, linger=200)
         self._hub.call(teardown)
+        if self.endpoint.startswith("ipc://"):
+            # libzmq 4.3 leaves the socket file behind; it is ours (we bound it).
+            path = self.endpoint[len("ipc://"):]
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.Listener {self.endpoint}{' closed' if self._closed else ''}>"
