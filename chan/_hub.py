@@ -35,6 +35,7 @@ import os
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from typing import Any, Callable
 
@@ -176,6 +177,8 @@ class Hub:
         self.by_fd: dict[int, Any] = {}
         self.generation = 0  # bumped whenever the set of sockets changes
         self._local = threading.local()  # per waiting thread: its poller
+        # asyncio loops watching the sockets: loop -> (generation, fds it watches)
+        self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.dirty: list[tuple[_Link, Any]] = []
         self.dirty_since = 0.0  # when a user thread first queued what is in self.dirty
         self.busy_until = 0.0  # until then, the last session that sent counts as busy
@@ -321,6 +324,36 @@ class Hub:
             with LOCK:
                 self.pollers -= 1
                 self.poller_left = time.monotonic()
+
+    def loop_waits(self, loop: Any, delta: int) -> None:
+        """An asyncio coroutine starts (+1) or stops (-1) waiting in ``loop``.
+
+        The asyncio twin of sleep_on: while coroutines wait, the loop itself watches
+        the sockets (``add_reader``, as zmq.asyncio does) and takes their frames on the
+        loop's thread, so a reply reaches its coroutine without a thread hop.
+        """
+        with LOCK:
+            self.pollers += delta
+            if delta < 0:
+                self.poller_left = time.monotonic()
+                return
+            watched = self._loops.get(loop)
+            if watched is not None and watched[0] == self.generation:
+                return
+            for fd in (watched[1] if watched else ()):
+                loop.remove_reader(fd)  # also for closed fds: asyncio forgets them
+            fds = list(self.by_fd)
+            for fd in fds:
+                loop.add_reader(fd, self._loop_ready, fd)
+            self._loops[loop] = (self.generation, fds)
+
+    def _loop_ready(self, fd: int) -> None:
+        with LOCK:
+            owner = self.by_fd.get(fd)
+            if owner is not None:
+                self._pump(owner)
+            self._catch_up()
+            self._arm_nagle()
 
     def _make_poller(self, fd: int, sockets: bool) -> zmq.Poller:
         poller = zmq.Poller()

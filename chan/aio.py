@@ -21,7 +21,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Callable, Iterable
 
-from . import _sync
+from . import _hub, _sync
 from ._sync import LOCK, Waitable
 from .channel import DEFAULT_CAPACITY, MsgQueue, ReceiverBase, SenderBase
 from .errors import (ChannelError, ClosedChannelError, EndOfChannel, MessageTooLarge,
@@ -71,6 +71,9 @@ async def _wait(attempt: Callable[[], Any], timeout: float | None, what: str) ->
                 flush = _sync.FLUSH_HOOK
                 if flush is not None:
                     flush()  # what this task queued leaves before it sleeps (see _hub)
+            hub = _hub._hub
+            if hub is not None:
+                hub.loop_waits(loop, +1)
             try:
                 if deadline is None:
                     await fut
@@ -88,6 +91,9 @@ async def _wait(attempt: Callable[[], Any], timeout: float | None, what: str) ->
                 with LOCK:
                     result._unwait(wake)
                 raise
+            finally:
+                if hub is not None:
+                    hub.loop_waits(loop, -1)
     finally:
         _sync.settle()
 
