@@ -10,9 +10,7 @@ sockets of our own, reaches accept().
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -22,8 +20,6 @@ import zmq
 import chan
 from chan import protocol as P
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-from chanpeers import Children  # noqa: E402
 
 REFUSED_WITHIN = 1.0  # the connect timeout the refused clients use
 MARGIN = 1.5
@@ -47,20 +43,6 @@ def listener(keys):
     with chan.listen("tcp://127.0.0.1:0", curve=keys.server,
                      allow=[keys.client.public]) as lst:
         yield lst
-
-
-@pytest.fixture
-def children(tmp_path):
-    kids = Children(tmp_path)
-    yield kids
-    kids.cleanup()
-
-
-@pytest.fixture
-def zctx():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 def rec(*fields: Any) -> bytes:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil
@@ -31,8 +29,6 @@ import pytest
 
 import chan
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-from chanpeers import Children  # noqa: E402
 
 TRANSPORTS = ["tcp", "ipc"]
 DEFAULT_TIMEOUT = chan.Settings().timeout_ms / 1000  # the heartbeat timeout (3 s)
@@ -41,13 +37,6 @@ LOST_WITHIN = DEFAULT_TIMEOUT + MARGIN
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def children(tmp_path):
-    kids = Children(tmp_path)
-    yield kids
-    kids.cleanup()
-
-
 @pytest.fixture
 def endpoint():
     """``endpoint("tcp")`` or ``endpoint("ipc")``: a fresh address on this machine.

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import msgpack
@@ -38,8 +36,7 @@ import zmq
 import chan
 from chan import protocol as P
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-from chanpeers import Children  # noqa: E402
+from chanpeers import Children  # noqa: E402  (tests/chan/peers, put on sys.path by conftest)
 
 _seed = os.environ.get("CHAN_FUZZ_SEED", "20240611")  # "random" for a fresh one
 SEED = random.randrange(1 << 32) if _seed == "random" else int(_seed)
@@ -356,21 +353,6 @@ class GoodClient:
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def children(tmp_path):
-    kids = Children(tmp_path)
-    yield kids
-    kids.cleanup()
-
-
-@pytest.fixture
-def zctx():
-    """A zmq context of our own for the raw sockets; closes them all at teardown."""
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
