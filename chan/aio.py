@@ -266,8 +266,11 @@ class Session(SessionBase):
     async def close(self, timeout: float | None = None) -> None:
         """End the session once the peer has everything sent on it.  See chan.Session."""
         timeout = self._close_timeout(timeout)
-        if await _wait(self._attempt_bye, timeout, "close"):
-            await _wait(self._attempt_closed, timeout, "close")
+        try:
+            if await _wait(self._attempt_bye, timeout, "close"):
+                await _wait(self._attempt_closed, timeout, "close")
+        except Timeout as exc:
+            raise self._unconfirmed(timeout, exc) from exc
 
     async def __aenter__(self) -> "Session":
         return self

@@ -198,16 +198,24 @@ class SessionBase:
             return True
         return core.state
 
-    def _no_answer(self, timeout: float, exc: BaseException) -> SessionLost:
+    def _abandon(self, message: str, exc: BaseException) -> SessionLost:
+        """Give the session up (its socket is closed); the error to raise."""
         def drop() -> None:
             self._core.proto.close_now(SessionLost("connection abandoned"))
             self._core.fail(ClosedChannelError("its session was closed"))
         self._hub.call(drop)
-        hint = " (with CurveZMQ: is our public key allowed there?)" if self._curve else ""
-        err = SessionLost(f"no answer from {self.endpoint} within {timeout} s: is a "
-                          f"listener running there{hint}?")
+        err = SessionLost(message)
         err.__cause__ = exc
         return err
+
+    def _no_answer(self, timeout: float, exc: BaseException) -> SessionLost:
+        hint = " (with CurveZMQ: is our public key allowed there?)" if self._curve else ""
+        return self._abandon(f"no answer from {self.endpoint} within {timeout} s: is a "
+                             f"listener running there{hint}?", exc)
+
+    def _unconfirmed(self, timeout: float, exc: BaseException) -> SessionLost:
+        return self._abandon(f"{self.endpoint} did not confirm the end of the session "
+                             f"within {timeout} s: what was sent may not have arrived", exc)
 
     def _attempt_bye(self) -> Any:
         """Once relays into the session are drained, send BYE (True); False when the
@@ -264,8 +272,11 @@ class Session(SessionBase):
         quietly.  Channels still open on it fail with ClosedChannelError.
         """
         timeout = self._close_timeout(timeout)
-        if wait_sync(self._attempt_bye, timeout, "close"):
-            wait_sync(self._attempt_closed, timeout, "close")
+        try:
+            if wait_sync(self._attempt_bye, timeout, "close"):
+                wait_sync(self._attempt_closed, timeout, "close")
+        except Timeout as exc:
+            raise self._unconfirmed(timeout, exc) from exc
 
     def __enter__(self) -> "Session":
         return self

@@ -63,3 +63,33 @@ def test_a_bug_in_one_session_ends_that_session_only(monkeypatch):
         good.close(timeout=5)
         with pytest.raises(chan.SessionLost):
             bad.close(timeout=5)
+
+
+def test_close_times_out_when_the_peer_never_confirms_and_lets_go(zctx):
+    """A peer that answers the handshake but never the BYE: close() raises SessionLost
+    (not Timeout) after its timeout, and the session is given up (its ends fail)."""
+    import msgpack
+    import zmq
+
+    from chan import protocol as P
+
+    router = zctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer_hello() -> None:
+        ident, hello = router.recv_multipart()
+        welcome = msgpack.packb([P.WELCOME, P.VERSION, b"12345678",
+                                 chan.Settings().to_wire()])
+        router.send_multipart([ident, welcome])
+
+    import threading
+    t = threading.Thread(target=answer_hello)
+    t.start()
+    session = chan.connect(f"tcp://127.0.0.1:{port}", timeout=5)
+    t.join()
+    tx = session.open()
+    with pytest.raises(chan.SessionLost, match="did not confirm"):
+        session.close(timeout=0.5)
+    with pytest.raises(chan.ClosedChannelError):
+        tx.send("after")
+    router.close(linger=0)
