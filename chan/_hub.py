@@ -112,10 +112,9 @@ class DealerOwner:
         """Receive what is waiting; True if the batch limit stopped it early."""
         sock, core = self.sock, self.core
         for _ in range(RECV_BATCH):
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            if not _get(sock, _EVENTS) & _POLLIN:  # (cheaper than pyzmq raising Again)
                 return False
+            frame = sock.recv(zmq.NOBLOCK)
             if sock.rcvmore:
                 core.violation("multipart transport messages are not part of the protocol")
                 while sock.rcvmore:
@@ -144,10 +143,9 @@ class RouterOwner:
         """Receive what is waiting; True if the batch limit stopped it early."""
         sock, sessions = self.sock, self.sessions
         for _ in range(RECV_BATCH):
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not _get(sock, _EVENTS) & _POLLIN:  # (cheaper than pyzmq raising Again)
                 return False
+            parts = sock.recv_multipart(zmq.NOBLOCK)
             ident = parts[0]
             core = sessions.get(ident)
             if core is None:
@@ -224,6 +222,17 @@ class Hub:
                 self.dirty_since and time.monotonic() < self.busy_until)):
             return  # nothing to do, or a busy channel whose batch the timer already covers
         with LOCK:
+            if self.io_bare:
+                # Threads are waiting on the sockets and the I/O thread wakes every
+                # BARE_LINGER anyway: leave what is queued to the next thread that
+                # blocks (it sends it together with its own) or to that wake-up.  This
+                # is what lets a reply and its END, or an END_ACK and the next request,
+                # share a frame.
+                while self.recheck:
+                    self._pump(self.recheck.pop())
+                if self.dirty and not self.dirty_since:
+                    self.dirty_since = time.monotonic()
+                return
             self._catch_up(busy=DIRECT_GAP)
             self._arm_nagle()
 
@@ -277,8 +286,8 @@ class Hub:
     def _pump(self, owner: Any) -> None:
         """Under the lock, any thread: take what waits on the owner's socket."""
         if owner.sock in self.owners:
-            # zmq.EVENTS resets the notification fd's edge; then receive everything.
-            if _get(owner.sock, _EVENTS) & _POLLIN and owner.pump_in():
+            # (pump_in's look at zmq.EVENTS also resets the notification fd's edge)
+            if owner.pump_in():
                 self.recheck.add(owner)  # batch limit: come back without sleeping
                 self._signal()
 
