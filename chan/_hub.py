@@ -56,7 +56,9 @@ BARE_LINGER = 2e-3  # the I/O thread watches the sockets again after this withou
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _get = zmq.backend.Socket.get  # pyzmq's sugar wraps EVENTS in an enum: 1 us a call
-COPY_BELOW = 64 * 1024  # smaller frames are copied into zmq (cheaper than tracking them)
+# Frames are copied into zmq up to this size: zero-copy sends make pyzmq track each
+# buffer with a garbage-collector thread, which costs more than copying 64 KiB chunks.
+COPY_BELOW = 1 << 20
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
@@ -205,8 +207,8 @@ class Hub:
     def flush_soon(self, link: _Link, core: Any) -> None:
         """``core`` has records to send: they leave when this thread blocks or its chan
         call returns (see above)."""
-        if core.proto.frames_ready():
-            self._send(link, core)  # a full frame: no reason to wait
+        if core.proto.frames_ready() or core.proto.urgent:
+            self._send(link, core)  # a full frame, or credit a sender may be stalled on
         if core.dirty:
             return
         core.dirty = True
@@ -227,7 +229,7 @@ class Hub:
                 # BARE_LINGER anyway: leave what is queued to the next thread that
                 # blocks (it sends it together with its own) or to that wake-up.  This
                 # is what lets a reply and its END, or an END_ACK and the next request,
-                # share a frame.
+                # share a frame.  (Credit never waits: see flush_soon.)
                 while self.recheck:
                     self._pump(self.recheck.pop())
                 if self.dirty and not self.dirty_since:

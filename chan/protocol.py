@@ -78,6 +78,7 @@ FRAME_OVERHEAD = 64  # bytes a record adds around its payload, at most
 # bytes in flight, and the per-message term bounds how many tiny messages pile up.
 MSG_COST = 64
 BATCH_BYTES = 256 * 1024  # small records are batched into frames up to this size
+BIG_RECORD = 16 * 1024  # records this large travel in a frame of their own
 
 
 # ---------------------------------------------------------------------------- events
@@ -215,6 +216,7 @@ class Session:
         self._unpacker: msgpack.Unpacker | None = None  # the frame being parsed
         self._frame_len = self._frame_pos = 0
         self._frames: list[bytearray] = []
+        self.urgent = False  # queued records that a peer may be waiting for (credit)
         self._batch_limit = BATCH_BYTES
         self._max_frame = self.settings.max_message + FRAME_OVERHEAD
         now = clock()
@@ -227,25 +229,30 @@ class Session:
     def _queue(self, record: list) -> None:
         data = _pack(record)
         frames = self._frames
-        if frames and len(frames[-1]) + len(data) <= self._batch_limit:
+        if len(data) >= BIG_RECORD:
+            frames.append(data)  # a frame of its own: copying it into a batch costs more
+        elif frames and type(frames[-1]) is bytearray \
+                and len(frames[-1]) + len(data) <= self._batch_limit:
             frames[-1] += data
         else:
             frames.append(bytearray(data))
 
-    def data_to_send(self) -> list[bytearray]:
+    def data_to_send(self) -> list[bytes | bytearray]:
         """Frames to hand to the transport, in order; each is one transport message."""
         frames = self._frames
         if frames:
             self._frames = []
             self._last_sent = self._clock()
+            self.urgent = False
         return frames
 
     def has_data(self) -> bool:
         return bool(self._frames)
 
     def frames_ready(self) -> bool:
-        """True when a whole batch is waiting (more than one frame queued)."""
-        return len(self._frames) > 1
+        """True when a whole frame is waiting (more than one queued, or a big one)."""
+        frames = self._frames
+        return len(frames) > 1 or (bool(frames) and type(frames[0]) is bytes)
 
     def new_channel(self, kind: int, we_send: bool, we_recv: bool) -> int:
         """Allocate an id for a channel we create (for OPEN or a reference in a message)."""
@@ -295,6 +302,7 @@ class Session:
             return
         ch.allowed += n
         self._queue([CREDIT, chid, n])
+        self.urgent = True  # the sender may be stalled on this credit
 
     def send_end(self, chid: int, error: tuple[str, str] | None = None) -> None:
         """We are done sending on ``chid``; the peer answers with END_ACK."""
