@@ -29,142 +29,28 @@ Transports only move bytes: they never look inside a frame.
 from __future__ import annotations
 
 import atexit
-import itertools
 import math
 import os
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from typing import Any, Callable
 
 import zmq
-import zmq.backend
 
 from . import _sync
 from ._sync import LOCK
+from ._links import _guarded, _Link, has_input
+from ._zap import ZapHandler
 from .errors import ChannelError, SessionLost
 
 TICK = 0.1  # seconds between heartbeat checks
-RECV_BATCH = 512  # frames taken from one socket before looking at the others
 DIRECT_GAP = 200e-6  # a session flushed more recently than this is busy: batch
 # Longest a batched record waits before the I/O thread sends it.  (zmq_poll counts whole
 # milliseconds: anything shorter would make the I/O thread spin.)
 NAGLE = 1e-3
 BARE_LINGER = 2e-3  # the I/O thread watches the sockets again after this without pollers
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_get = zmq.backend.Socket.get  # pyzmq's sugar wraps EVENTS in an enum: 1 us a call
-# Frames are copied into zmq up to this size: zero-copy sends make pyzmq track each
-# buffer with a garbage-collector thread, which costs more than copying 64 KiB chunks.
-COPY_BELOW = 1 << 20
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-
-
-class _Link:
-    """How one session's frames reach its peer: a DEALER, or a ROUTER plus identity."""
-
-    __slots__ = ("hub", "sock", "ident", "owner")
-
-    def __init__(self, hub: "Hub", sock: zmq.Socket, ident: bytes | None, owner: Any) -> None:
-        self.hub, self.sock, self.ident, self.owner = hub, sock, ident, owner
-
-    # called by the SessionCore, under the lock
-    def flush_soon(self, core: Any) -> None:
-        self.hub.flush_soon(self, core)
-
-    def session_ended(self, core: Any) -> None:
-        self.owner.session_ended(self, core)
-
-    def send(self, frames: list) -> None:
-        """Under the lock, from any thread."""
-        sock = self.sock
-        if self.ident is None:
-            for frame in frames:
-                sock.send(frame, zmq.NOBLOCK, copy=len(frame) < COPY_BELOW)
-        else:
-            for frame in frames:
-                sock.send_multipart((self.ident, frame), zmq.NOBLOCK,
-                                    copy=len(frame) < COPY_BELOW)
-
-
-def _guarded(core: Any, fn: Callable, *args: Any) -> None:
-    """Run one session's processing; a bug in it ends that session, not the I/O thread."""
-    try:
-        fn(*args)
-    except Exception as exc:  # a chan bug: report it and contain it to this session
-        traceback.print_exc()
-        err = SessionLost(f"internal error in chan while processing this session: {exc!r}")
-        err.__cause__ = exc
-        core.proto.abort("InternalError", repr(exc))
-        core.flush_soon()
-        core.proto.close_now(err)
-        core.fail(err)
-
-
-class DealerOwner:
-    """The connecting side: one DEALER socket, one session."""
-
-    def __init__(self, hub: "Hub", sock: zmq.Socket) -> None:
-        self.hub, self.sock = hub, sock
-        self.core: Any = None
-
-    def pump_in(self) -> bool:
-        """Receive what is waiting; True if the batch limit stopped it early."""
-        sock, core = self.sock, self.core
-        for _ in range(RECV_BATCH):
-            if not _get(sock, _EVENTS) & _POLLIN:  # (cheaper than pyzmq raising Again)
-                return False
-            frame = sock.recv(zmq.NOBLOCK)
-            if sock.rcvmore:
-                core.violation("multipart transport messages are not part of the protocol")
-                while sock.rcvmore:
-                    sock.recv()
-                continue
-            if not core.closed:
-                _guarded(core, core.feed, frame)
-        return True
-
-    def cores(self):
-        return (self.core,) if self.core is not None and not self.core.closed else ()
-
-    def session_ended(self, link: _Link, core: Any) -> None:
-        self.hub.close_after_flush(self.sock)
-
-
-class RouterOwner:
-    """The listening side: one ROUTER socket, a session per peer identity."""
-
-    def __init__(self, hub: "Hub", sock: zmq.Socket, make_core: Callable[[_Link], Any]) -> None:
-        self.hub, self.sock = hub, sock
-        self.make_core = make_core
-        self.sessions: dict[bytes, Any] = {}
-
-    def pump_in(self) -> bool:
-        """Receive what is waiting; True if the batch limit stopped it early."""
-        sock, sessions = self.sock, self.sessions
-        for _ in range(RECV_BATCH):
-            if not _get(sock, _EVENTS) & _POLLIN:  # (cheaper than pyzmq raising Again)
-                return False
-            parts = sock.recv_multipart(zmq.NOBLOCK)
-            ident = parts[0]
-            core = sessions.get(ident)
-            if core is None:
-                core = self.make_core(_Link(self.hub, sock, ident, self))
-                sessions[ident] = core
-            if len(parts) != 2:
-                core.violation("multipart transport messages are not part of the protocol")
-            else:
-                _guarded(core, core.feed, parts[1])
-        return True
-
-    def cores(self):
-        return list(self.sessions.values())
-
-    def session_ended(self, link: _Link, core: Any) -> None:
-        if self.sessions.get(link.ident) is core:
-            del self.sessions[link.ident]
 
 
 class Hub:
@@ -192,9 +78,7 @@ class Hub:
         self.commands: deque = deque()
         self.signalled = False
         self.stopped = False
-        self.zap: zmq.Socket | None = None
-        self.zap_domains: dict[str, set[bytes]] = {}
-        self._domain_ids = itertools.count(1)
+        self.zap: ZapHandler | None = None
         self.thread = threading.Thread(target=self._run, name="chan-io", daemon=True)
         self.thread.start()
 
@@ -280,7 +164,7 @@ class Hub:
         # A send processes the socket's pending commands and may swallow the edge that
         # would have told the I/O thread about an incoming frame: look, and have it taken
         # (by this thread before its chan call returns or sleeps, see settle/sleep_on).
-        if _get(link.sock, _EVENTS) & _POLLIN:
+        if has_input(link.sock):
             self.recheck.add(link.owner)
             if threading.current_thread() is self.thread:
                 self._signal()
@@ -373,7 +257,7 @@ class Hub:
             for sock_fd in self.by_fd:
                 poller.register(sock_fd, zmq.POLLIN)
         if self.zap is not None and fd == self.efd:
-            poller.register(self.zap, zmq.POLLIN)
+            poller.register(self.zap.sock, zmq.POLLIN)
         return poller
 
     def close_after_flush(self, sock: zmq.Socket) -> None:
@@ -438,27 +322,8 @@ class Hub:
     def enable_zap(self, allowed: set[bytes]) -> str:
         """Start the ZAP handler if needed; returns the domain that admits ``allowed``."""
         if self.zap is None:
-            self.zap = self.ctx.socket(zmq.REP)
-            self.zap.linger = 0
-            self.zap.bind(ZAP_ENDPOINT)
-        domain = f"chan-{next(self._domain_ids)}"
-        self.zap_domains[domain] = allowed
-        return domain
-
-    def _answer_zap(self) -> None:
-        while True:
-            try:
-                req = self.zap.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            version, request_id, domain, _address, _identity, mechanism = req[:6]
-            allowed = self.zap_domains.get(domain.decode(errors="replace"), set())
-            key = req[6] if len(req) > 6 else b""
-            if mechanism == b"CURVE" and key in allowed:
-                reply = [version, request_id, b"200", b"OK", b"", b""]
-            else:
-                reply = [version, request_id, b"400", b"client key not allowed", b"", b""]
-            self.zap.send_multipart(reply)
+            self.zap = ZapHandler(self.ctx)
+        return self.zap.domain_for(allowed)
 
     def _run(self) -> None:
         next_tick = time.monotonic() + TICK
@@ -515,8 +380,8 @@ class Hub:
                 except BlockingIOError:
                     pass
                 self.signalled = False
-            elif fd is self.zap:
-                self._answer_zap()
+            elif self.zap is not None and fd is self.zap.sock:
+                self.zap.answer()
             elif not self.pollers:  # else a waiting user thread takes it (see above)
                 owner = self.by_fd.get(fd)
                 if owner is not None:
@@ -557,7 +422,7 @@ class Hub:
             for sock in list(self.owners):
                 self.drop_socket(sock, linger=500)
             if self.zap is not None:
-                self.zap.close(linger=0)
+                self.zap.close()
             self.stopped = True
         try:
             self.call(stop, timeout=2.0)

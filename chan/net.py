@@ -19,7 +19,8 @@ import zmq
 from . import protocol
 from types import SimpleNamespace
 
-from ._hub import DealerOwner, RouterOwner, _Link, get_hub
+from ._hub import get_hub
+from ._links import DealerOwner, RouterOwner, _Link
 from ._session import SessionCore
 from ._sync import LOCK, Waitable, fresh, wait_sync
 from .channel import MsgQueue, Receiver, Sender
