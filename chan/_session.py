@@ -123,7 +123,7 @@ class RemoteByteSink(_RemoteEnd):
         if credit <= 0:
             return self
         n = min(len(data), credit, core.max_send)
-        core.proto.send_data(self.chid, bytes(data[:n]))
+        core.proto.send_data(self.chid, data[:n])  # packing copies it (the caller may reuse data)
         core.flush_soon()
         return n
 

@@ -99,6 +99,11 @@ class ByteQueue(QueueBase):
             raise fresh(self.broken)
         if self.eof or self.error is not None:
             raise ClosedChannelError("write on a stream whose writing side was closed")
+        pump = self.pump
+        if pump is not None and not self.chunks and not pump._done:
+            # This end's reader went into a session: nothing is queued before these
+            # bytes, so they go straight to the session (one copy and no relay less).
+            return pump.dst.attempt_write(data)
         room = self.capacity - self.size
         if room <= 0:
             return self
