@@ -408,6 +408,17 @@ class Session:
                                    f"{self._max_frame} bytes (max_message "
                                    f"{self.settings.max_message})")
                     continue
+                if len(frame) >= BIG_RECORD and frame[1] == DATA and frame[0] == 0x93 \
+                        and self.state == OPEN_STATE:
+                    lone = _lone_data(frame)
+                    if lone is not None:  # a big DATA record alone in its frame: slice it
+                        try:
+                            self._handle([DATA, lone[0], lone[1]])
+                        except ProtocolError:
+                            pass  # already reported by violation()
+                        except (TypeError, ValueError, KeyError) as exc:
+                            self.violation(f"malformed DATA record: {exc}")
+                        continue
                 unpacker = self._unpacker = msgpack.Unpacker(
                     raw=False, max_buffer_size=max(len(frame), 1), strict_map_key=False)
                 unpacker.feed(frame)
@@ -636,6 +647,35 @@ class Session:
                 return None  # we stopped receiving; the peer has not heard yet
             raise ValueError(f"frame on channel {chid} after its END")
         return ch
+
+
+_UINT = {0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8}  # msgpack uint8..uint64 markers: sizes
+_BIN = {0xc4: 1, 0xc5: 2, 0xc6: 4}  # msgpack bin8..bin32 markers: length sizes
+
+
+def _lone_data(frame: bytes) -> tuple[int, bytes] | None:
+    """``(chid, data)`` when ``frame`` is exactly one ``[DATA, chid, bin]`` record.
+
+    Big stream chunks travel one per frame; slicing the payload out copies it once,
+    where the general parser copies it into its buffer and out again.
+    """
+    pos = 2
+    marker = frame[pos]
+    if marker <= 0x7F:
+        chid, pos = marker, pos + 1
+    elif marker in _UINT:
+        size = _UINT[marker]
+        chid, pos = int.from_bytes(frame[pos + 1:pos + 1 + size], "big"), pos + 1 + size
+    else:
+        return None
+    size = _BIN.get(frame[pos])
+    if size is None:
+        return None
+    n = int.from_bytes(frame[pos + 1:pos + 1 + size], "big")
+    pos += 1 + size
+    if pos + n != len(frame):
+        return None  # not alone, or truncated: the general parser says what is wrong
+    return chid, frame[pos:]
 
 
 def _positive(settings: dict, key: str, default: object = None) -> int:

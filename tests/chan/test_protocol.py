@@ -1516,3 +1516,48 @@ def test_protocol_and_codec_sources_do_not_import_io(name: str) -> None:
             # relative imports: only the other pure modules
             assert node.module in ("errors", "codec"), node.module
     assert not imported & {"zmq", "asyncio", "socket", "threading", "selectors"}
+
+
+# ------------------------------------------------------------------------ big chunks
+BIG = P.BIG_RECORD * 2
+
+
+def test_a_big_chunk_travels_alone_and_arrives_whole() -> None:
+    """Records of BIG_RECORD bytes or more get a frame of their own (the receiver then
+    slices the payload out instead of parsing it), and small ones around them batch."""
+    pair, sid = _stream_pair(window=10 * BIG)
+    chunk = bytes(range(256)) * (BIG // 256)
+    pair.client.send_data(sid, b"small")
+    pair.client.send_data(sid, chunk)
+    pair.client.send_data(sid, b"tail")
+    frames = pair.client.data_to_send()
+    assert [len(records_of([f])) for f in frames] == [1, 1, 1]
+    events = []
+    for f in frames:
+        events.extend(feed(pair.server, bytes(f)))
+    assert events == [P.DataReceived(sid, b"small"), P.DataReceived(sid, chunk),
+                      P.DataReceived(sid, b"tail")]
+
+
+@pytest.mark.parametrize("chid_bytes", [b"\xcd\x00\x03", b"\xce\x00\x00\x00\x03",
+                                        b"\xcf" + (3).to_bytes(8, "big")])
+def test_a_lone_big_data_record_with_a_wide_channel_id(chid_bytes: bytes) -> None:
+    """msgpack may spell an id in any width; the slicing path reads them all."""
+    pair, sid = _stream_pair(window=10 * BIG)
+    assert sid == 3
+    data = b"z" * BIG
+    record = b"\x93\x04" + chid_bytes + b"\xc6" + len(data).to_bytes(4, "big") + data
+    assert feed(pair.server, record) == [P.DataReceived(sid, data)]
+
+
+def test_a_truncated_big_data_frame_is_a_violation() -> None:
+    pair, sid = _stream_pair(window=10 * BIG)
+    record = frame([P.DATA, sid, b"z" * BIG])
+    events = feed(pair.server, record[:-1])
+    assert_violation(pair.server, events, "truncated")
+
+
+def test_a_big_data_frame_over_the_window_is_a_violation() -> None:
+    pair, sid = _stream_pair(window=BIG // 2)
+    events = feed(pair.server, frame([P.DATA, sid, b"z" * BIG]))
+    assert_violation(pair.server, events, "window")
