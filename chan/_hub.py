@@ -51,6 +51,7 @@ DIRECT_GAP = 200e-6  # a session flushed more recently than this is busy: batch
 # milliseconds: anything shorter would make the I/O thread spin.)
 NAGLE = 1e-3
 BARE_LINGER = 2e-3  # the I/O thread watches the sockets again after this without pollers
+ACTIVE = 0.1  # a process that sent this recently counts as busy (see _run, settle)
 
 
 class Hub:
@@ -68,6 +69,7 @@ class Hub:
         self.dirty: list[tuple[_Link, Any]] = []
         self.dirty_since = 0.0  # when a user thread first queued what is in self.dirty
         self.busy_until = 0.0  # until then, the last session that sent counts as busy
+        self.last_activity = 0.0  # when a frame was last sent
         self.io_dirty = False  # the I/O thread queued records itself: flush this round
         self.recheck: set[Any] = set()  # owners that may have frames waiting
         self.pollers = 0  # user threads polling the sockets in sleep_on
@@ -117,7 +119,10 @@ class Hub:
                 while self.recheck:
                     self._pump(self.recheck.pop())
                 if self.dirty and not self.dirty_since:
-                    self.dirty_since = time.monotonic()
+                    now = time.monotonic()
+                    if now - self.last_activity >= ACTIVE:
+                        self._arm_nagle()  # the I/O thread may be in a long sleep
+                    self.dirty_since = now
                 return
             self._catch_up(busy=DIRECT_GAP)
             self._arm_nagle()
@@ -155,6 +160,7 @@ class Hub:
             return
         core.last_flush = now = time.monotonic()
         self.busy_until = now + DIRECT_GAP
+        self.last_activity = now
         try:
             link.send(frames)
         except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY) or worse
@@ -351,7 +357,10 @@ class Hub:
                     self.recheck.update(self.owners.values())
                     timeout = 0.0
             if self.io_bare:
-                timeout = min(timeout, BARE_LINGER)
+                # Look for pollers that left every BARE_LINGER while traffic flows; an
+                # idle process (a thread parked in accept(), say) sleeps until the tick.
+                active = now - self.last_activity < ACTIVE
+                timeout = min(timeout, BARE_LINGER if active else TICK)
             try:
                 ready = (bare if self.io_bare else full).poll(math.ceil(timeout * 1000))
             except zmq.ZMQError as exc:
