@@ -188,9 +188,11 @@ def test_curve_needs_the_server_key(keys):
 def test_curve_listener_in_another_process(children, keys):
     server = children.start(
         "server.py", "tcp://127.0.0.1:0",
-        "--curve-public", keys.server.public.decode(),
-        "--curve-secret", keys.server.secret.decode(),
-        "--allow", keys.client.public.decode())
+        # One word each: a Z85 key may start with "-", which argparse would take for
+        # an option.
+        "--curve-public=" + keys.server.public.decode(),
+        "--curve-secret=" + keys.server.secret.decode(),
+        "--allow=" + keys.client.public.decode())
     endpoint = server.expect("READY")
     with chan.connect(endpoint, curve=keys.client, server_key=keys.server.public,
                       timeout=10) as session:
