@@ -106,9 +106,8 @@ class Hub:
         """_sync.SETTLE_HOOK, at the end of a chan call that did not block: take what a
         send of this thread may have hidden from the I/O thread, and send what is pending
         unless its session is busy (then the NAGLE timer takes it)."""
-        if not self.recheck and (not self.dirty or (
-                self.dirty_since and time.monotonic() < self.busy_until)):
-            return  # nothing to do, or a busy channel whose batch the timer already covers
+        if not self.recheck and (not self.dirty or self.dirty_since):
+            return  # nothing to do, or a batch that the armed timer (NAGLE) covers
         with LOCK:
             if self.io_bare:
                 # Threads are waiting on the sockets and the I/O thread wakes every
