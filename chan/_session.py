@@ -132,12 +132,11 @@ class SessionCore:
     """Protocol state plus the channel ends attached to it, for one session."""
 
     def __init__(self, proto: protocol.Session, transport: Any, flavor: Any,
-                 accepts: MsgQueue | None = None, name: str = "") -> None:
+                 accepts: MsgQueue | None = None) -> None:
         self.proto = proto
         self.flavor = flavor  # the front end's classes: .Sender, .Receiver, .ByteStream
         self.transport = transport
         self.accepts = accepts  # where channels the peer OPENs go (listeners only)
-        self.name = name
         self.ins: dict[int, Any] = {}  # chid -> MsgQueue | ByteQueue we fill
         self.outs: dict[int, _RemoteEnd] = {}  # chid -> sink we send through
         self.state = Waitable()  # woken on handshake, close and failure

@@ -74,7 +74,7 @@ class ListenerBase:
 
         def make_core(link: Any) -> SessionCore:
             return SessionCore(protocol.Session(client=False, settings=settings_), link,
-                               self._flavor, accepts=self._accepts, name=self.endpoint)
+                               self._flavor, accepts=self._accepts)
 
         def setup() -> tuple[zmq.Socket, RouterOwner, str]:
             sock, owner = hub.new_socket(
@@ -175,7 +175,7 @@ class SessionBase:
             sock, owner = hub.new_socket(zmq.DEALER, lambda s: DealerOwner(hub, s),
                                          settings_.max_message + protocol.FRAME_OVERHEAD)
             core = SessionCore(protocol.Session(client=True, settings=settings_),
-                               _Link(hub, sock, None, owner), self._flavor, name=endpoint)
+                               _Link(hub, sock, None, owner), self._flavor)
             owner.core = core
             try:
                 if curve is not None:
