@@ -10,8 +10,23 @@ and :func:`connect`.  :mod:`chan.aio` offers the same names for asyncio.
 from .channel import Receiver, Sender, pipe
 from .errors import (ChannelError, ClosedChannelError, EndOfChannel, MessageTooLarge,
                      ProtocolError, RemoteError, SessionLost, Timeout)
-from .net import CurveKeys, Listener, Session, Settings, connect, listen
 from .stream import ByteStream, stream_pair
+
+# The ZeroMQ transport costs ~40 ms to import (pyzmq); a process that only uses
+# in-memory pipes (the CLI on the embedded engine) never pays for it.
+_NET_NAMES = frozenset({"CurveKeys", "Listener", "Session", "Settings", "connect", "listen"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _NET_NAMES:
+        from . import net
+
+        return getattr(net, name)
+    raise AttributeError(f"module 'chan' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NET_NAMES})
 
 __all__ = [
     "ByteStream",
