@@ -1,8 +1,607 @@
-"""The chanbox command line (a channel client of the engine); the engine issue fills it."""
+"""The ``chanbox`` command line: a channel client of the engine, nothing more.
+
+Every command sends verbs through :class:`engine.client.Client`.  Without a daemon
+(the default) the engine is served in this process over an in-memory channel.  Start-up
+is part of the product: this module imports only click at load time; the engine's
+modules load when a command needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
 
 import click
 
+# Commands that start processes need the fork server, forked before any thread.
+_SPAWNING = {"run", "start", "restart"}
 
-@click.group()
-def main() -> None:
+
+class _State:
+    def __init__(self, root: str | None) -> None:
+        self.root = root
+        self._client: Any = None
+
+    def client(self, spawn: bool = False) -> Any:
+        if self._client is None:
+            from .client import embedded
+
+            try:
+                self._client, _ = embedded(self.root, spawn=spawn)
+            except PermissionError as exc:
+                _die(f"cannot use the engine root {exc.filename}: {exc.strerror} "
+                     "(run as root, or give --root)")
+        return self._client
+
+
+def _die(msg: str, code: int = 125) -> NoReturn:
+    click.echo(f"chanbox: {msg}", err=True)
+    sys.exit(code)
+
+
+def _call(ctx: click.Context, verb: str, **args: Any) -> Any:
+    from .errors import EngineError
+
+    try:
+        return _client(ctx).call(verb, **args)
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+
+
+def _client(ctx: click.Context) -> Any:
+    st: _State = ctx.find_root().obj
+    return st.client(spawn=ctx.find_root().invoked_subcommand in _SPAWNING)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=4))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("   ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def parse_bytes(value: str) -> int:
+    """``64m``, ``1g``, ``512k``, ``1048576`` -> bytes (as Docker's ``-m``)."""
+    units = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    v = value.strip().lower()
+    if v.endswith("b") and len(v) > 1 and v[-2] in units:
+        v = v[:-1]
+    mult = units.get(v[-1:], None)
+    num = v[:-1] if mult else v
+    try:
+        n = float(num) if mult else int(num)
+    except ValueError:
+        raise click.BadParameter(f"invalid size {value!r}: use a number with an optional "
+                                 "unit b, k, m or g (e.g. 64m)") from None
+    return int(n * (mult or 1))
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        if not k:
+            raise click.BadParameter(f"invalid label {item!r}: use KEY=VALUE")
+        out[k] = v
+    return out
+
+
+class _Group(click.Group):
+    """Bad flags exit with 125 as ``docker`` does (click's default is 2)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            exc.show()
+            sys.exit(125)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(125)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("--root", envvar="CHANBOX_ROOT", type=click.Path(file_okay=False),
+              help="Engine root (default $CHANBOX_ROOT or /var/lib/chanbox).")
+@click.pass_context
+def main(ctx: click.Context, root: str | None) -> None:
     """chanbox: containers driven over channels."""
+    ctx.obj = _State(root)
+
+
+# -- containers --------------------------------------------------------------------------
+
+def _container_options(f: Any) -> Any:
+    opts = [
+        click.option("--name", help="Name the container."),
+        click.option("-e", "--env", multiple=True, help="Set an environment variable."),
+        click.option("-w", "--workdir", default="", help="Working directory inside."),
+        click.option("-u", "--user", default="", help="User (name|uid[:group|gid])."),
+        click.option("-h", "--hostname", default="", help="Container host name."),
+        click.option("-l", "--label", multiple=True, help="Set a label KEY=VALUE."),
+        click.option("-i", "--interactive", is_flag=True, help="Keep stdin open."),
+        click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
+        click.option("--entrypoint", default=None, help="Override the image's entrypoint."),
+        click.option("-m", "--memory", default=None, help="Memory limit (e.g. 64m)."),
+        click.option("--cpus", type=float, default=None, help="Number of CPUs (e.g. 0.5)."),
+        click.option("--pids-limit", type=int, default=None, help="Limit the number of processes."),
+        click.option("--network", default="none", help="Network: none or host."),
+        click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+        click.option("--privileged", is_flag=True, help="Give all capabilities, no seccomp."),
+        click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _create_args(image: str, cmd: tuple[str, ...], kw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "image": image, "cmd": list(cmd) or None,
+        "entrypoint": [kw["entrypoint"]] if kw["entrypoint"] else
+        ([] if kw["entrypoint"] == "" else None),
+        "env": list(kw["env"]), "workdir": kw["workdir"], "user": kw["user"],
+        "name": kw["name"], "hostname": kw["hostname"], "labels": _labels(kw["label"]),
+        "memory": parse_bytes(kw["memory"]) if kw["memory"] else None,
+        "cpus": kw["cpus"], "pids_limit": kw["pids_limit"], "network": kw["network"],
+        "read_only": kw["read_only"], "privileged": kw["privileged"],
+        "open_stdin": kw["interactive"], "tty": kw["tty"], "auto_remove": kw["auto_remove"],
+    }
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@_container_options
+@click.argument("image")
+@click.argument("cmd", nargs=-1)
+@click.pass_context
+def create(ctx: click.Context, image: str, cmd: tuple[str, ...], **kw: Any) -> None:
+    """Create a container (it does not run until `start`)."""
+    click.echo(_call(ctx, "create", **_create_args(image, cmd, kw))["id"])
+
+
+@main.command()
+@_container_options
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the id.")
+@click.argument("image")
+@click.argument("cmd", nargs=-1)
+@click.pass_context
+def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, **kw: Any) -> None:
+    """Create and start a container, follow its output, exit with its code."""
+    from .errors import EngineError
+
+    client = _client(ctx)
+    cid = _call(ctx, "create", **_create_args(image, cmd, kw))["id"]
+    try:
+        client.call("start", id=cid)
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+    if detach:
+        click.echo(cid)
+        return
+    sys.exit(_follow(client, cid, stdin=kw["interactive"]))
+
+
+def _follow(client: Any, cid: str, *, stdin: bool) -> int:
+    """Copy the container's output here (and our stdin there); its exit code."""
+    from .errors import EngineError
+
+    if stdin:
+        _forward_stdin(client, cid)
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    try:
+        for entry in client.stream("log", id=cid, follow=True):
+            f = out.get(entry.get("stream"), sys.stdout.buffer)
+            f.write(entry["log"].encode("utf-8", "surrogateescape"))
+            f.flush()
+        return client.call("wait", id=cid)["exit_code"]
+    except EngineError as exc:
+        if exc.code == "not_found":  # --rm removed it already; its code went with it
+            return 0
+        _die(str(exc), exc.exit_status)
+
+
+def _forward_stdin(client: Any, cid: str) -> None:
+    import threading
+
+    def pump() -> None:
+        replies = client.stream("attach", id=cid, stdin=True, stdout=False, stderr=False)
+        try:
+            first = next(replies)
+            stream = first["stdin"]
+            fd = sys.stdin.fileno()
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                stream.write(data)
+            stream.close()
+            for _ in replies:
+                pass
+        except Exception:  # noqa: BLE001 -- stdin forwarding ends quietly with the container
+            pass
+
+    threading.Thread(target=pump, daemon=True, name="chanbox-stdin").start()
+
+
+@main.command()
+@click.option("-a", "--attach", is_flag=True, help="Follow the output and exit with the code.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def start(ctx: click.Context, containers: tuple[str, ...], attach: bool) -> None:
+    """Start one or more stopped containers."""
+    for c in containers:
+        _call(ctx, "start", id=c)
+        if attach:
+            sys.exit(_follow(_client(ctx), c, stdin=False))
+        click.echo(c)
+
+
+@main.command()
+@click.option("-t", "--time", "timeout", type=float, default=10,
+              help="Seconds to wait before killing it.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx: click.Context, containers: tuple[str, ...], timeout: float) -> None:
+    """Stop containers: SIGTERM, then SIGKILL after the grace time."""
+    for c in containers:
+        _call(ctx, "stop", id=c, timeout=timeout)
+        click.echo(c)
+
+
+@main.command()
+@click.option("-t", "--time", "timeout", type=float, default=10)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def restart(ctx: click.Context, containers: tuple[str, ...], timeout: float) -> None:
+    """Stop then start containers."""
+    for c in containers:
+        _call(ctx, "stop", id=c, timeout=timeout)
+        _call(ctx, "start", id=c)
+        click.echo(c)
+
+
+@main.command()
+@click.option("-s", "--signal", "sig", default="KILL", help="Signal to send (name or number).")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def kill(ctx: click.Context, containers: tuple[str, ...], sig: str) -> None:
+    """Send a signal to containers."""
+    for c in containers:
+        _call(ctx, "kill", id=c, signal=sig)
+        click.echo(c)
+
+
+@main.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def wait(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Block until containers stop; print their exit codes."""
+    for c in containers:
+        click.echo(_call(ctx, "wait", id=c)["exit_code"])
+
+
+@main.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
+    """Remove containers."""
+    for c in containers:
+        _call(ctx, "rm", id=c, force=force)
+        click.echo(c)
+
+
+@main.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def pause(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Freeze all processes of containers."""
+    for c in containers:
+        _call(ctx, "pause", id=c)
+        click.echo(c)
+
+
+@main.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Thaw paused containers."""
+    for c in containers:
+        _call(ctx, "unpause", id=c)
+        click.echo(c)
+
+
+@main.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Show stopped containers too.")
+@click.option("-q", "--quiet", is_flag=True, help="Only ids.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten ids.")
+@click.pass_context
+def ps(ctx: click.Context, all_: bool, quiet: bool, fmt: str, no_trunc: bool) -> None:
+    """List containers."""
+    rows = _call(ctx, "ls", all=all_)
+    if quiet:
+        for r in rows:
+            click.echo(r["Id"] if no_trunc else r["Id"][:12])
+    elif fmt == "json":
+        for r in rows:
+            click.echo(json.dumps(r))
+    else:
+        _table([[r["Id"] if no_trunc else r["Id"][:12], r["Image"], r["Command"][:30],
+                 r["Status"], r["Names"][0].lstrip("/")] for r in rows],
+               ["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES"])
+
+
+@main.command()
+@click.option("--type", "kind", type=click.Choice(["container", "image"]), default=None)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None) -> None:
+    """Show containers or images as JSON."""
+    from .errors import EngineError
+
+    client = _client(ctx)
+    out = []
+    for n in names:
+        try:
+            if kind != "image":
+                try:
+                    out.append(client.call("get", id=n))
+                    continue
+                except EngineError as exc:
+                    if kind == "container" or exc.code != "not_found":
+                        raise
+            out.append(client.call("image_get", ref=n))
+        except EngineError as exc:
+            _print_json(out)
+            _die(f"no such object: {n}" if exc.code == "not_found" else str(exc),
+                 1 if exc.code == "not_found" else exc.exit_status)
+    _print_json(out)
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep following the output.")
+@click.option("-n", "--tail", default="all", help="Lines from the end (or 'all').")
+@click.option("-t", "--timestamps", is_flag=True)
+@click.argument("container")
+@click.pass_context
+def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool) -> None:
+    """Print a container's output (stdout and stderr kept apart)."""
+    from .errors import EngineError
+
+    n = None if tail == "all" else int(tail)
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    try:
+        for entry in _client(ctx).stream("log", id=container, follow=follow, tail=n):
+            f = out.get(entry.get("stream"), sys.stdout.buffer)
+            line = entry["log"].encode("utf-8", "surrogateescape")
+            if timestamps:
+                line = entry.get("time", "").encode() + b" " + line
+            f.write(line)
+            f.flush()
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+
+
+def _run_attachment(replies: Any, stdin: bool) -> int:
+    """Print an attach/exec answer's output, feed it our stdin; the exit code."""
+    import threading
+
+    first = next(replies)
+    if stdin and first.get("stdin") is not None:
+        stream = first["stdin"]
+
+        def pump() -> None:
+            try:
+                fd = sys.stdin.fileno()
+                while True:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        break
+                    stream.write(data)
+                stream.close()
+            except Exception:  # noqa: BLE001 -- ends with the process
+                pass
+
+        threading.Thread(target=pump, daemon=True).start()
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    code = 0
+    for msg in replies:
+        if "data" in msg:
+            f = out.get(msg["stream"], sys.stdout.buffer)
+            f.write(msg["data"])
+            f.flush()
+        elif "exit_code" in msg:
+            code = msg["exit_code"]
+    return code
+
+
+@main.command()
+@click.option("--no-stdin", is_flag=True, help="Do not attach stdin.")
+@click.argument("container")
+@click.pass_context
+def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
+    """Attach to a running container's stdio; exit with its code."""
+    from .errors import EngineError
+
+    client = _client(ctx)
+    try:
+        info = client.call("get", id=container)
+        stdin = info["Config"]["OpenStdin"] and not no_stdin
+        code = _run_attachment(client.stream("attach", id=container, stdin=stdin), stdin)
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+    sys.exit(code)
+
+
+@main.command(name="exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True)
+@click.option("-t", "--tty", is_flag=True)
+@click.option("-e", "--env", multiple=True)
+@click.option("-w", "--workdir", default="")
+@click.option("-u", "--user", default="")
+@click.argument("container")
+@click.argument("cmd", nargs=-1, required=True)
+@click.pass_context
+def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive: bool,
+          tty: bool, env: tuple[str, ...], workdir: str, user: str) -> None:
+    """Run a command in a running container."""
+    from .errors import EngineError
+
+    try:
+        code = _run_attachment(_client(ctx).stream(
+            "exec", id=container, cmd=list(cmd), env=list(env), workdir=workdir, user=user,
+            open_stdin=interactive, tty=tty), interactive)
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option("-a", "--author", default="")
+@click.option("-p/--no-pause", "pause", default=True, help="Pause the container meanwhile.")
+@click.argument("container")
+@click.argument("ref", required=False)
+@click.pass_context
+def commit(ctx: click.Context, container: str, ref: str | None, message: str, author: str,
+           pause: bool) -> None:
+    """Make an image from a container's changes."""
+    click.echo("sha256:" + _call(ctx, "commit", id=container, ref=ref, comment=message,
+                                 author=author, pause=pause)["id"].removeprefix("sha256:"))
+
+
+# -- images ------------------------------------------------------------------------------
+
+@main.command(name="import")
+@click.option("-m", "--message", default="")
+@click.argument("path")
+@click.argument("ref", required=False)
+@click.pass_context
+def import_(ctx: click.Context, path: str, ref: str | None, message: str) -> None:
+    """Make a base image from a rootfs directory or tarball (plain or gzip)."""
+    click.echo(_call(ctx, "import", path=os.path.abspath(path), ref=ref, comment=message)["id"])
+
+
+@main.command()
+@click.argument("ref", default="busybox:latest")
+@click.pass_context
+def bootstrap(ctx: click.Context, ref: str) -> None:
+    """Make a busybox image from the host's static busybox (no network needed)."""
+    click.echo(_call(ctx, "bootstrap", ref=ref)["id"])
+
+
+@main.command()
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
+    """List images."""
+    rows = _call(ctx, "images")
+    if quiet:
+        for r in rows:
+            click.echo(r["Id"].removeprefix("sha256:")[:12])
+        return
+    if fmt == "json":
+        for r in rows:
+            click.echo(json.dumps(r))
+        return
+    table = []
+    for r in rows:
+        for t in r["RepoTags"] or ["<none>:<none>"]:
+            repo, _, tag = t.rpartition(":")
+            table.append([repo, tag, r["Id"].removeprefix("sha256:")[:12], r["Created"],
+                          _size(r["Size"])])
+    _table(table, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return str(n)
+
+
+@main.command()
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.argument("image")
+@click.pass_context
+def history(ctx: click.Context, image: str, quiet: bool, fmt: str) -> None:
+    """Show an image's layers, newest first."""
+    rows = _call(ctx, "history", ref=image)
+    if fmt == "json":
+        for r in rows:
+            click.echo(json.dumps(r))
+    elif quiet:
+        for r in rows:
+            click.echo(str(r.get("id", "<missing>"))[:19])
+    else:
+        _table([[str(r.get("id") or "<missing>").removeprefix("sha256:")[:12],
+                 r.get("created", ""), (r.get("created_by") or "")[:45],
+                 _size(r.get("size", 0)), r.get("comment", "")] for r in rows],
+               ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"])
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.pass_context
+def tag(ctx: click.Context, source: str, target: str) -> None:
+    """Give an image another name."""
+    _call(ctx, "tag", source=source, ref=target)
+
+
+@main.command()
+@click.option("-f", "--force", is_flag=True)
+@click.argument("images", nargs=-1, required=True)
+@click.pass_context
+def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
+    """Remove images."""
+    for i in images:
+        for line in _call(ctx, "rmi", ref=i, force=force):
+            click.echo(line)
+
+
+# -- host --------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+def info(ctx: click.Context, fmt: str) -> None:
+    """Show what the engine and the host offer."""
+    i = _call(ctx, "info")
+    if fmt == "json":
+        _print_json(i)
+        return
+    for key in ("ServerVersion", "DockerRootDir", "Containers", "ContainersRunning",
+                "ContainersPaused", "ContainersStopped", "Images", "Driver",
+                "CgroupDriver", "CgroupVersion", "KernelVersion", "OperatingSystem",
+                "Architecture", "NCPU", "MemTotal", "Name"):
+        click.echo(f"{key}: {i.get(key)}")
+    click.echo("Security:")
+    for k, v in (i.get("Security") or {}).items():
+        click.echo(f"  {k}: {v}")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+def version(ctx: click.Context, fmt: str) -> None:
+    """Show chanbox's version."""
+    v = _call(ctx, "version")
+    if fmt == "json":
+        _print_json(v)
+    else:
+        for k, val in v.items():
+            click.echo(f"{k}: {val}")

@@ -1,0 +1,86 @@
+"""A channel client of :mod:`engine.service`: what the CLI (and any program) calls.
+
+``Client(requests)`` sends verbs on a :class:`chan.Sender` whose receiver a service
+serves, wherever it runs.  :func:`embedded` makes the default: the engine served
+in-process over an in-memory pipe (no daemon, no socket).  A failure that the service
+reports comes back as the matching :mod:`engine.errors` class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import chan
+
+from . import errors
+
+_BY_CODE: dict[str, type[errors.EngineError]] = {}
+for _cls in (errors.EngineError, errors.InvalidArgument, errors.NotFound, errors.Conflict,
+             errors.NotRunning, errors.CorruptState, errors.RuntimeFailure,
+             errors.CommandNotFound, errors.CommandNotInvokable):
+    _BY_CODE[_cls.code] = _cls
+
+
+def engine_error(exc: chan.RemoteError) -> errors.EngineError:
+    """The engine error that a service's ``close(error=...)`` stands for."""
+    return _BY_CODE.get(exc.code, errors.EngineError)(exc.message)
+
+
+class Client:
+    """Calls the engine's verbs over a channel."""
+
+    def __init__(self, requests: chan.Sender) -> None:
+        self.requests = requests
+
+    def _send(self, verb: str, args: dict[str, Any]) -> chan.Receiver:
+        ret_tx, ret_rx = chan.pipe()
+        self.requests.send({"verb": verb, "args": args, "ret": ret_tx})
+        return ret_rx
+
+    def call(self, verb: str, **args: Any) -> Any:
+        """Send ``verb`` and return its one reply."""
+        rx = self._send(verb, args)
+        try:
+            return rx.recv()
+        except chan.RemoteError as exc:
+            raise engine_error(exc) from None
+        except chan.EndOfChannel:
+            raise errors.EngineError(f"the engine closed {verb!r} without an answer") from None
+        finally:
+            rx.close()
+
+    def stream(self, verb: str, **args: Any) -> Iterator[Any]:
+        """Send ``verb`` and yield every message of its answer."""
+        rx = self._send(verb, args)
+        try:
+            while True:
+                try:
+                    yield rx.recv()
+                except chan.EndOfChannel:
+                    return
+                except chan.RemoteError as exc:
+                    raise engine_error(exc) from None
+        finally:
+            rx.close()
+
+    def close(self) -> None:
+        """Close the request channel (an embedded engine's service then stops)."""
+        self.requests.close()
+
+
+def embedded(root: str | None = None, *, spawn: bool = True) -> tuple[Client, Any]:
+    """An engine served in this process over an in-memory channel, and the engine.
+
+    ``spawn`` forks the fork server first (before the service's threads start), so
+    the engine can start containers.
+    """
+    from .engine import Engine
+    from .service import serve_in_thread
+
+    engine = Engine(root)
+    if spawn:
+        engine.prepare_spawn()
+    tx, rx = chan.pipe()
+    serve_in_thread(engine, rx)
+    return Client(tx), engine

@@ -1,0 +1,201 @@
+"""The container store: each container's record and directory under ``<root>/containers``.
+
+A container is a directory ``<root>/containers/<id>`` holding:
+
+- ``config.json``: what ``create`` was asked (written once, by the engine);
+- ``cgroups.json``: the cgroup directories, written *before* they are made, so a crash
+  between the two never orphans one;
+- ``monitor.json`` and ``exit.json``: written by the container's monitor at start and
+  at exit;
+- ``upper/``, ``work/`` (the writable layer and overlayfs's work dir), ``rootfs/`` (the
+  union's mount point, used only inside the container's mount namespace) and
+  ``container.log`` (Docker's json-file lines).
+
+A directory appears complete (built under ``<root>/tmp``, renamed into place under the
+root lock, which also keeps names unique) or not at all.  The status is derived from
+those files and from whether the monitor still answers, never stored twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import fsutil
+from .errors import Conflict, InvalidArgument, NotFound
+
+_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+# Docker-style generated names: adjective_surname.
+_LEFT = ("brave", "calm", "eager", "fervent", "gallant", "happy", "jolly", "keen",
+         "lucid", "modest", "nimble", "quirky", "serene", "stoic", "tender", "vivid",
+         "witty", "zealous", "bold", "clever", "dreamy", "focused", "hopeful", "kind")
+_RIGHT = ("babbage", "curie", "dijkstra", "engelbart", "feynman", "goldberg", "hopper",
+          "kare", "lamport", "liskov", "lovelace", "mccarthy", "noether", "pike",
+          "ritchie", "shannon", "thompson", "torvalds", "turing", "wozniak", "knuth",
+          "hamilton", "allen", "backus")
+
+
+def now_ns() -> int:
+    """The wall clock in nanoseconds (the unit of every timestamp the engine stores)."""
+    return time.time_ns()
+
+
+def rfc3339(ns: int | None) -> str:
+    """``ns`` as Docker prints times (RFC 3339 with nanoseconds, UTC); zero time if unset."""
+    if not ns:
+        return "0001-01-01T00:00:00Z"
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+@dataclass
+class Container:
+    """One container's record as read from its directory."""
+
+    id: str
+    dir: str
+    config: dict[str, Any]
+    monitor: dict[str, Any] | None
+    exit: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return self.config["Name"]
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def path(self, *parts: str) -> str:
+        """A path inside the container's directory."""
+        return os.path.join(self.dir, *parts)
+
+    @property
+    def cgroups(self) -> list[str]:
+        return fsutil.read_json(self.path("cgroups.json"), [])
+
+
+class ContainerStore:
+    """Container records under ``<root>/containers``."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.base = os.path.join(root, "containers")
+        os.makedirs(self.base, exist_ok=True)
+
+    # -- making and removing ---------------------------------------------------------
+
+    def create(self, config: dict[str, Any], name: str | None) -> Container:
+        """Make a container directory for ``config``; ``config["Name"]`` is filled in.
+
+        The directory is built in staging and renamed in under the root lock, so the
+        name stays unique and a crash leaves nothing half-made in ``containers/``.
+        """
+        if name is not None:
+            if not _NAME.match(name):
+                raise InvalidArgument(
+                    f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                    "are allowed")
+            name = name.lstrip("/")
+        cid = secrets.token_hex(32)
+        stage = fsutil.staging_dir(self.root, "create")
+        try:
+            for sub in ("upper", "work", "rootfs"):
+                os.mkdir(os.path.join(stage, sub), 0o755)
+            with fsutil.root_lock(self.root):
+                taken = {c.name for c in self.list()}
+                if name is None:
+                    name = _fresh_name(taken)
+                elif name in taken:
+                    holder = self.get(name)
+                    raise Conflict(
+                        f"the container name \"/{name}\" is already in use by container "
+                        f"{holder.id}; remove that container or choose another name")
+                config = dict(config, Id=cid, Name=name, Created=now_ns())
+                fsutil.write_json(os.path.join(stage, "config.json"), config)
+                os.rename(stage, os.path.join(self.base, cid))
+        except BaseException:
+            fsutil.remove_tree(stage)
+            raise
+        return self._load(cid)
+
+    def delete(self, c: Container) -> None:
+        """Remove the container's directory (its processes and cgroups are gone already).
+
+        The directory is first renamed into staging, so a crash half-way through the
+        removal leaves either the whole container or nothing visible.
+        """
+        stage = fsutil.staging_dir(self.root, "rm")
+        os.rmdir(stage)
+        try:
+            os.rename(c.dir, stage)
+        except FileNotFoundError:
+            return
+        fsutil.remove_tree(stage)
+
+    def reset_run(self, c: Container) -> None:
+        """Forget the previous run's monitor and exit records (before a restart)."""
+        for f in ("exit.json", "monitor.json"):
+            try:
+                os.unlink(c.path(f))
+            except FileNotFoundError:
+                pass
+
+    # -- finding ---------------------------------------------------------------------
+
+    def list(self) -> list[Container]:
+        """Every container, newest first."""
+        out = []
+        for cid in os.listdir(self.base):
+            try:
+                out.append(self._load(cid))
+            except NotFound:
+                continue  # removed while we looked
+        out.sort(key=lambda c: c.config.get("Created", 0), reverse=True)
+        return out
+
+    def get(self, ref: str) -> Container:
+        """The container named ``ref``: a full id, a unique id prefix, or a name."""
+        if not ref:
+            raise InvalidArgument("a container name or id is required")
+        if len(ref) == 64 and os.path.isdir(os.path.join(self.base, ref)):
+            return self._load(ref)
+        name = ref.lstrip("/")
+        matches = []
+        for c in self.list():
+            if c.name == name:
+                return c
+            if c.id.startswith(ref):
+                matches.append(c)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(
+                f"container id prefix {ref!r} is ambiguous ({len(matches)} containers); "
+                "give more characters")
+        raise NotFound(f"no such container: {ref}")
+
+    def _load(self, cid: str) -> Container:
+        d = os.path.join(self.base, cid)
+        config = fsutil.read_json(os.path.join(d, "config.json"))
+        if config is None:
+            raise NotFound(f"no such container: {cid}")
+        return Container(
+            id=cid, dir=d, config=config,
+            monitor=fsutil.read_json(os.path.join(d, "monitor.json")),
+            exit=fsutil.read_json(os.path.join(d, "exit.json")))
+
+
+def _fresh_name(taken: set[str]) -> str:
+    while True:
+        name = f"{secrets.choice(_LEFT)}_{secrets.choice(_RIGHT)}"
+        if name not in taken:
+            return name
+        name += f"_{secrets.randbelow(1000)}"
+        if name not in taken:
+            return name

@@ -1,0 +1,566 @@
+"""The engine: every container and image operation, as one Python object.
+
+:class:`Engine` ties the stores (:mod:`engine.images`, :mod:`engine.containers`) to the
+runtime (monitors forked by :mod:`engine.forkserver`, cgroups).  It is what
+:mod:`engine.service` serves as channel verbs; nothing here knows about channels.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal as _signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import cgroups, fsutil, logs, monitor_client
+from .containers import Container, ContainerStore, rfc3339
+from .errors import Conflict, EngineError, InvalidArgument, NotFound, NotRunning
+from .images import Image, ImageStore
+from .spec import ContainerSpec, Limits, ProcessSpec
+
+DEFAULT_ROOT = "/var/lib/chanbox"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NETWORKS = ("none", "host")
+MIN_MEMORY = 6 * 1024 * 1024  # Docker's floor: below it a container cannot start
+VERSION = "0.1.0"
+
+
+def default_root() -> str:
+    """The engine root: ``$CHANBOX_ROOT`` or ``/var/lib/chanbox``."""
+    return os.environ.get("CHANBOX_ROOT") or DEFAULT_ROOT
+
+
+class Engine:
+    """The container engine over one root directory.
+
+    Build it while the process is still single-threaded if it will start containers:
+    :meth:`prepare_spawn` forks the fork server that later forks the monitors.
+    """
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = os.path.abspath(root or default_root())
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        self.images = ImageStore(self.root)
+        self.containers = ContainerStore(self.root)
+        self._forker: Any = None
+        self._forker_lock = threading.Lock()
+        fsutil.clean_staging(self.root)
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def prepare_spawn(self) -> None:
+        """Fork the fork server now (call before this process starts any thread)."""
+        if self._forker is None:
+            from .forkserver import ForkServer
+
+            self._forker = ForkServer()
+
+    def close(self) -> None:
+        """End the fork server; running containers go on under their monitors."""
+        if self._forker is not None:
+            self._forker.close()
+            self._forker = None
+
+    def recover(self) -> None:
+        """Repair what a killed engine process left: staging dirs, half-made layers."""
+        fsutil.clean_staging(self.root)
+        self.images.gc()
+
+    # -- images ----------------------------------------------------------------------
+
+    def image_list(self) -> list[dict[str, Any]]:
+        """Every image, newest first."""
+        return [_image_summary(i) for i in self.images.list()]
+
+    def image_inspect(self, ref: str) -> dict[str, Any]:
+        """An image in Docker's ``image inspect`` shape."""
+        i = self.images.get(ref)
+        return {"Id": _sha(i.id), "RepoTags": i.tags, "Parent": _sha(i.parent) if i.parent else "",
+                "Created": i.created, "Comment": i.comment, "Author": i.author,
+                "Config": i.config, "Size": i.size,
+                "RootFS": {"Type": "layers", "Layers": [_sha(d) for d in i.layers]}}
+
+    def import_image(self, path: str, ref: str | None, *, changes: dict | None = None,
+                     comment: str = "") -> str:
+        """Import a rootfs directory or tarball as a base image; its id."""
+        if not os.path.exists(path):
+            raise NotFound(f"no such file or directory: {path}")
+        return self.images.import_path(path, ref, config=changes, comment=comment).id
+
+    def bootstrap(self, ref: str = "busybox:latest", busybox: str = "/bin/busybox") -> str:
+        """Make a busybox base image from the host's static busybox (no network)."""
+        from .busybox import import_busybox
+
+        return import_busybox(self.images, ref, busybox=busybox).id
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        """One entry per layer of the image, newest first."""
+        return self.images.history(ref)
+
+    def tag(self, source: str, ref: str) -> None:
+        """Give the image ``source`` the name ``ref``."""
+        self.images.tag(source, ref)
+
+    def rmi(self, ref: str, *, force: bool = False) -> list[str]:
+        """Untag or delete an image (Docker's ``rmi``); refused while a container uses it."""
+        def users(image_id: str) -> list[str]:
+            return [c.id for c in self.containers.list() if c.config["Image"] == image_id]
+
+        return self.images.remove(ref, force=force, in_use_by=users)
+
+    # -- containers: making ------------------------------------------------------------
+
+    def create(self, image: str, cmd: list[str] | None = None, *,
+               entrypoint: list[str] | None = None, env: list[str] | None = None,
+               workdir: str = "", user: str = "", name: str | None = None,
+               hostname: str = "", labels: dict[str, str] | None = None,
+               memory: int | None = None, cpus: float | None = None,
+               pids_limit: int | None = None, network: str = "none",
+               read_only: bool = False, privileged: bool = False,
+               open_stdin: bool = False, tty: bool = False,
+               auto_remove: bool = False) -> str:
+        """Create a container from ``image``; its id.  Nothing runs until :meth:`start`."""
+        img = self.images.get(image)
+        icfg = img.config or {}
+        if entrypoint is None:
+            entrypoint = icfg.get("Entrypoint") or []
+            if cmd is None:
+                cmd = icfg.get("Cmd") or []
+        cmd = cmd or []
+        if not entrypoint and not cmd:
+            raise InvalidArgument(f"no command specified: image {image} has no Cmd; "
+                                  "give one after the image name")
+        if network not in NETWORKS:
+            raise InvalidArgument(f"network {network!r} is not available; use one of "
+                                  f"{', '.join(NETWORKS)}")
+        limits = _check_limits(memory, cpus, pids_limit)
+        config = {
+            "Image": img.id,
+            "Config": {
+                "Image": image, "Cmd": list(cmd), "Entrypoint": list(entrypoint),
+                "Env": _merge_env(icfg.get("Env") or [], env or []),
+                "WorkingDir": workdir or icfg.get("WorkingDir") or "",
+                "User": user or icfg.get("User") or "",
+                "Hostname": hostname,
+                "Labels": {**(icfg.get("Labels") or {}), **(labels or {})},
+                "OpenStdin": open_stdin, "Tty": tty,
+            },
+            "HostConfig": {
+                "Memory": limits.memory or 0,
+                "NanoCpus": int((limits.cpus or 0) * 1e9),
+                "PidsLimit": limits.pids or 0,
+                "NetworkMode": network, "ReadonlyRootfs": read_only,
+                "Privileged": privileged, "AutoRemove": auto_remove,
+            },
+        }
+        return self.containers.create(config, name).id
+
+    def start(self, ref: str) -> None:
+        """Start a created or stopped container; returns once its command has exec'd.
+
+        A command that cannot run raises :class:`CommandNotFound` (127) or
+        :class:`CommandNotInvokable` (126); the container is then left stopped with
+        that exit code, as Docker does.
+        """
+        c = self.containers.get(ref)
+        status = self.status(c)
+        if status in ("running", "paused"):
+            return
+        if status == "dead":
+            raise Conflict(f"container {c.short_id} is dead (its monitor was killed); "
+                           "remove it with rm -f")
+        if self._forker is None:
+            if threading.active_count() > 1:
+                raise EngineError("this engine was not prepared to start containers "
+                                  "(call Engine.prepare_spawn before starting threads)")
+            self.prepare_spawn()
+        self.containers.reset_run(c)
+        spec = self._spec(c)
+        hc = c.config["HostConfig"]
+        limits = Limits(memory=hc["Memory"] or None, cpus=(hc["NanoCpus"] / 1e9) or None,
+                        pids=hc["PidsLimit"] or None)
+        paths = cgroups.create(c.id, limits)
+        fsutil.write_json(c.path("cgroups.json"), paths)
+        spec.cgroups = paths
+        on_exit = ("engine.engine:autoremove", [self.root, c.id]) if hc["AutoRemove"] else None
+        try:
+            self._forker.spawn(spec, c.dir, open_stdin=c.config["Config"]["OpenStdin"],
+                               on_exit=on_exit)
+        except EngineError as exc:
+            cgroups.remove(paths)
+            fsutil.write_json(c.path("exit.json"), {
+                "exit_code": exc.exit_status, "signal": None, "oom_killed": False,
+                "finished_at": time.time_ns(), "error": str(exc)})
+            if hc["AutoRemove"]:
+                self._delete(c)
+            raise
+
+    def _spec(self, c: Container) -> ContainerSpec:
+        cfg = c.config["Config"]
+        hc = c.config["HostConfig"]
+        img = self.images.get(c.config["Image"])
+        env = cfg["Env"]
+        if not any(e.startswith("PATH=") for e in env):
+            env = [DEFAULT_PATH, *env]
+        return ContainerSpec(
+            id=c.id, hostname=cfg["Hostname"] or c.short_id,
+            lowerdirs=self.images.lowerdirs(img), layer_root=self.root,
+            upperdir=c.path("upper"), workdir=c.path("work"), rootfs=c.path("rootfs"),
+            process=ProcessSpec(args=cfg["Entrypoint"] + cfg["Cmd"], env=env,
+                                cwd=cfg["WorkingDir"] or "/", user=cfg["User"],
+                                terminal=cfg["Tty"]),
+            network=hc["NetworkMode"], readonly=hc["ReadonlyRootfs"],
+            privileged=hc["Privileged"])
+
+    # -- containers: state -------------------------------------------------------------
+
+    def status(self, c: Container) -> str:
+        """created, running, paused, exited or dead (monitor killed before the exit)."""
+        if c.exit is not None:
+            return "exited"
+        if c.monitor is None:
+            return "created"
+        if monitor_client.alive(c.id):
+            return "paused" if cgroups.is_frozen(c.cgroups) else "running"
+        c.exit = fsutil.read_json(c.path("exit.json"))
+        return "exited" if c.exit is not None else "dead"
+
+    def ps(self, *, all: bool = False) -> list[dict[str, Any]]:
+        """Containers in ``docker ps`` shape (running ones, or ``all``)."""
+        out = []
+        for c in self.containers.list():
+            st = self.status(c)
+            if not all and st not in ("running", "paused"):
+                continue
+            cfg = c.config["Config"]
+            out.append({"Id": c.id, "Names": ["/" + c.name], "Image": cfg["Image"],
+                        "ImageID": _sha(c.config["Image"]),
+                        "Command": " ".join(cfg["Entrypoint"] + cfg["Cmd"]),
+                        "Created": c.config["Created"] // 1_000_000_000, "State": st,
+                        "Status": _status_line(st, c), "Labels": cfg["Labels"]})
+        return out
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """A container in Docker's ``inspect`` shape."""
+        c = self.containers.get(ref)
+        st = self.status(c)
+        cfg = c.config["Config"]
+        mon = c.monitor or {}
+        ex = c.exit or {}
+        args = cfg["Entrypoint"] + cfg["Cmd"]
+        running = st in ("running", "paused")
+        return {
+            "Id": c.id, "Name": "/" + c.name, "Created": rfc3339(c.config["Created"]),
+            "Path": args[0] if args else "", "Args": args[1:],
+            "State": {
+                "Status": st, "Running": running, "Paused": st == "paused",
+                "Restarting": False, "OOMKilled": bool(ex.get("oom_killed")),
+                "Dead": st == "dead", "Pid": mon.get("pid", 0) if running else 0,
+                "ExitCode": ex.get("exit_code", 0), "Error": ex.get("error", ""),
+                "StartedAt": rfc3339(mon.get("started_at")),
+                "FinishedAt": rfc3339(ex.get("finished_at")),
+            },
+            "Image": _sha(c.config["Image"]),
+            "LogPath": c.path("container.log"),
+            "Config": {**cfg, "Hostname": cfg["Hostname"] or c.short_id},
+            "HostConfig": c.config["HostConfig"],
+            "GraphDriver": {"Name": "overlay2", "Data": {
+                "UpperDir": c.path("upper"), "WorkDir": c.path("work"),
+                "MergedDir": c.path("rootfs")}},
+        }
+
+    # -- containers: control -----------------------------------------------------------
+
+    def _running(self, ref: str) -> Container:
+        c = self.containers.get(ref)
+        if self.status(c) not in ("running", "paused"):
+            raise NotRunning(f"container {c.short_id} is not running")
+        return c
+
+    def kill(self, ref: str, signal: str | int = "KILL") -> None:
+        """Send ``signal`` (a name like ``TERM``/``SIGTERM`` or a number) to the container."""
+        c = self._running(ref)
+        monitor_client.signal(c.id, parse_signal(signal))
+
+    def stop(self, ref: str, timeout: float = 10) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit code."""
+        c = self.containers.get(ref)
+        if self.status(c) not in ("running", "paused"):
+            return (c.exit or {}).get("exit_code", 0)
+        try:
+            monitor_client.signal(c.id, _signal.SIGTERM)
+            cgroups.thaw(c.cgroups)  # a frozen process cannot act on SIGTERM
+            return self._wait_exit(c, timeout)["exit_code"]
+        except TimeoutError:
+            pass
+        except NotRunning:
+            return self.wait(c.id)
+        try:
+            monitor_client.signal(c.id, _signal.SIGKILL)
+        except NotRunning:
+            pass
+        return self.wait(c.id)
+
+    def _wait_exit(self, c: Container, timeout: float | None = None) -> dict[str, Any]:
+        """The exit record of ``c``, waiting up to ``timeout`` (TimeoutError after)."""
+        try:
+            return monitor_client.wait(c.id, timeout=timeout)
+        except NotRunning:
+            pass
+        rec = fsutil.read_json(c.path("exit.json"))
+        if rec is not None:
+            return rec
+        if c.monitor is None:
+            raise NotRunning(f"container {c.short_id} was never started")
+        return {"exit_code": 137, "signal": None, "oom_killed": False,
+                "error": "the container's monitor was killed"}
+
+    def wait(self, ref: str, condition: str = "not-running") -> int:
+        """Block until the container stops (or, with ``removed``, is removed); its code."""
+        c = self.containers.get(ref)
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(f"unknown wait condition {condition!r}")
+        st = self.status(c)
+        if st in ("running", "paused") or condition == "next-exit":
+            code = self._wait_exit(c)["exit_code"]
+        elif st == "created":
+            raise Conflict(f"container {c.short_id} has not been started")
+        else:
+            code = (c.exit or {}).get("exit_code", 137)
+        if condition == "removed":
+            while os.path.exists(c.dir):
+                time.sleep(0.01)
+        return code
+
+    def rm(self, ref: str, *, force: bool = False) -> None:
+        """Remove a container; a running one only with ``force`` (killed first)."""
+        c = self.containers.get(ref)
+        st = self.status(c)
+        if st in ("running", "paused"):
+            if not force:
+                raise Conflict(f"you cannot remove a {st} container {c.short_id}; stop "
+                               "it first, or use rm -f")
+            try:
+                monitor_client.signal(c.id, _signal.SIGKILL)
+                cgroups.thaw(c.cgroups)
+                self._wait_exit(c)
+            except NotRunning:
+                pass
+        self._delete(c)
+
+    def _delete(self, c: Container) -> None:
+        cgroups.remove(c.cgroups)  # also kills what a dead monitor left running
+        self.containers.delete(c)
+
+    def pause(self, ref: str) -> None:
+        """Freeze every process of the container (cgroup freezer)."""
+        c = self._running(ref)
+        if cgroups.is_frozen(c.cgroups):
+            raise Conflict(f"container {c.short_id} is already paused")
+        cgroups.freeze(c.cgroups)
+
+    def unpause(self, ref: str) -> None:
+        """Thaw a paused container."""
+        c = self._running(ref)
+        if not cgroups.is_frozen(c.cgroups):
+            raise Conflict(f"container {c.short_id} is not paused")
+        cgroups.thaw(c.cgroups)
+
+    def commit(self, ref: str, repo_tag: str | None = None, *, comment: str = "",
+               author: str = "", changes: dict | None = None, pause: bool = True) -> str:
+        """Make a new image from the container's writable layer; its id.
+
+        A running container is paused meanwhile (as Docker does) so the layer is taken
+        at one instant.
+        """
+        c = self.containers.get(ref)
+        parent = self.images.get(c.config["Image"])
+        cfg = c.config["Config"]
+        config = {"Cmd": cfg["Cmd"], "Entrypoint": cfg["Entrypoint"] or None,
+                  "Env": cfg["Env"], "WorkingDir": cfg["WorkingDir"], "User": cfg["User"],
+                  "Labels": cfg["Labels"], **(changes or {})}
+        frozen = False
+        if pause and self.status(c) == "running":
+            cgroups.freeze(c.cgroups)
+            frozen = True
+        try:
+            img = self.images.commit(c.path("upper"), parent, repo_tag, config=config,
+                                     comment=comment, author=author)
+        finally:
+            if frozen:
+                cgroups.thaw(c.cgroups)
+        return img.id
+
+    # -- containers: I/O ---------------------------------------------------------------
+
+    def logs(self, ref: str, *, follow: bool = False,
+             tail: int | None = None) -> Iterator[dict[str, Any]]:
+        """The container's log entries (``{"log", "stream", "time"}``), optionally followed."""
+        c = self.containers.get(ref)
+        if follow and self.status(c) in ("running", "paused"):
+            return logs.read(c.path("container.log"), tail=tail, follow=True,
+                             ended=lambda t: _ended(c.id, t))
+        return logs.read(c.path("container.log"), tail=tail)
+
+    def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True,
+               stderr: bool = True) -> monitor_client.Attachment:
+        """Live stdio of a running container (see :mod:`engine.monitor_client`)."""
+        c = self._running(ref)
+        if stdin and not c.config["Config"]["OpenStdin"]:
+            raise Conflict(f"container {c.short_id} was not created with -i: its stdin "
+                           "is closed")
+        return monitor_client.attach(c.id, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    def exec(self, ref: str, cmd: list[str], *, env: list[str] | None = None,
+             workdir: str = "", user: str = "", open_stdin: bool = False,
+             tty: bool = False) -> monitor_client.Attachment:
+        """Run ``cmd`` inside a running container; read its output and exit from the result."""
+        if not cmd:
+            raise InvalidArgument("exec needs a command")
+        c = self._running(ref)
+        cfg = c.config["Config"]
+        base_env = cfg["Env"] if any(e.startswith("PATH=") for e in cfg["Env"]) \
+            else [DEFAULT_PATH, *cfg["Env"]]
+        process = ProcessSpec(args=list(cmd), env=_merge_env(base_env, env or []),
+                              cwd=workdir or cfg["WorkingDir"] or "/",
+                              user=user or cfg["User"], terminal=tty)
+        return monitor_client.exec(c.id, process, open_stdin=open_stdin)
+
+    # -- the host ----------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """What ``chanbox info`` prints: counts, drivers, kernel and security features."""
+        from . import security
+
+        states = [self.status(c) for c in self.containers.list()]
+        cg = cgroups.info()
+        sec = security.info()
+        return {
+            "Containers": len(states), "ContainersRunning": states.count("running"),
+            "ContainersPaused": states.count("paused"),
+            "ContainersStopped": len(states) - states.count("running") - states.count("paused"),
+            "Images": len(self.images.list()), "Driver": "overlay2",
+            "DockerRootDir": self.root, "CgroupDriver": cg.get("driver", "cgroupfs"),
+            "CgroupVersion": cg.get("version"), "Cgroups": cg,
+            "KernelVersion": platform.release(), "OperatingSystem": _os_name(),
+            "OSType": "linux", "Architecture": platform.machine(),
+            "NCPU": os.cpu_count(), "MemTotal": _mem_total(), "Name": platform.node(),
+            "Security": sec, "ServerVersion": VERSION,
+        }
+
+    def version(self) -> dict[str, Any]:
+        """Versions of chanbox and of what it runs on."""
+        return {"Version": VERSION, "PythonVersion": platform.python_version(),
+                "Os": "linux", "Arch": platform.machine(),
+                "KernelVersion": platform.release()}
+
+
+def autoremove(root: str, container_id: str) -> None:
+    """Remove a ``--rm`` container once it has exited (called by its monitor)."""
+    eng = Engine.__new__(Engine)
+    eng.root = root
+    eng.containers = ContainerStore(root)
+    try:
+        c = eng.containers.get(container_id)
+    except NotFound:
+        return
+    cgroups.remove(c.cgroups)
+    eng.containers.delete(c)
+
+
+def parse_signal(sig: str | int) -> int:
+    """A signal number from ``9``, ``"9"``, ``"KILL"`` or ``"SIGKILL"``."""
+    if isinstance(sig, int) or (isinstance(sig, str) and sig.isdigit()):
+        n = int(sig)
+        if 0 < n < _signal.NSIG:
+            return n
+    elif isinstance(sig, str):
+        name = sig.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(_signal.Signals[name])
+        except KeyError:
+            pass
+    raise InvalidArgument(f"invalid signal: {sig!r}")
+
+
+def _ended(container_id: str, wait: float) -> bool:
+    try:
+        monitor_client.wait(container_id, timeout=wait)
+    except TimeoutError:
+        return False
+    except NotRunning:
+        pass
+    return True
+
+
+def _check_limits(memory: int | None, cpus: float | None, pids: int | None) -> Limits:
+    if memory is not None and memory != 0:
+        if memory < MIN_MEMORY:
+            raise InvalidArgument(f"minimum memory limit allowed is 6MB (got {memory} bytes)")
+    if cpus is not None and cpus != 0:
+        ncpu = os.cpu_count() or 1
+        if not 0 < cpus <= ncpu:
+            raise InvalidArgument(f"range of CPUs is from 0.01 to {ncpu}.00, as there are "
+                                  f"only {ncpu} CPUs available (got {cpus})")
+    if pids is not None and pids < 0 and pids != -1:
+        raise InvalidArgument(f"invalid pids limit {pids}: give a positive number or -1")
+    return Limits(memory=memory or None, cpus=cpus or None,
+                  pids=pids if pids and pids > 0 else None)
+
+
+def _merge_env(base: list[str], extra: list[str]) -> list[str]:
+    out: dict[str, str] = {}
+    for item in [*base, *extra]:
+        if "=" not in item:
+            val = os.environ.get(item)
+            if val is None:
+                continue  # docker run -e NAME with NAME unset: not passed
+            item = f"{item}={val}"
+        key = item.split("=", 1)[0]
+        out.pop(key, None)
+        out[key] = item
+    return list(out.values())
+
+
+def _sha(image_id: str | None) -> str:
+    if not image_id:
+        return ""
+    return image_id if image_id.startswith("sha256:") else "sha256:" + image_id
+
+
+def _image_summary(i: Image) -> dict[str, Any]:
+    return {"Id": _sha(i.id), "RepoTags": i.tags, "ParentId": _sha(i.parent),
+            "Created": i.created, "Size": i.size, "Labels": (i.config or {}).get("Labels") or {}}
+
+
+def _status_line(st: str, c: Container) -> str:
+    if st == "exited":
+        return f"Exited ({(c.exit or {}).get('exit_code', 0)})"
+    if st == "running":
+        return "Up"
+    if st == "paused":
+        return "Up (Paused)"
+    return st.capitalize()
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0

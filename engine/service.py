@@ -1,0 +1,368 @@
+"""engine.service: the engine's operations as channel verbs.
+
+A request is ``{"verb": V, "args": {...}, "ret": Sender}``.  The answer goes on
+``ret``: one message for most verbs; a stream of messages for ``log``, ``attach`` and
+``exec``; then ``ret`` is closed.  A failure closes ``ret`` with an error whose
+``code`` is stable (``not_found``, ``conflict``, ``invalid_argument``, ...).  Each
+request runs in its own thread, so a long ``wait`` or ``log --follow`` never holds up
+another client.
+
+Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
+
+- containers: ``create`` (image, cmd, entrypoint, env, workdir, user, name, hostname,
+  labels, memory, cpus, pids_limit, network, read_only, privileged, open_stdin, tty,
+  auto_remove) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
+  ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force)/``pause``/``unpause``
+  (id); ``wait`` (id, condition) -> ``{"exit_code"}``; ``ls`` (all) -> list;
+  ``get`` (id) -> inspect dict; ``log`` (id, follow, tail) -> stream of
+  ``{"stream", "log", "time"}``; ``attach`` (id, stdin, stdout, stderr) and ``exec``
+  (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``,
+  then ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
+  ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``.
+- images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
+  ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
+  -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host).
+- host: ``info``, ``version``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import chan
+
+from .engine import Engine
+from .errors import EngineError, InvalidArgument
+
+log = logging.getLogger("chanbox.service")
+
+Handler = Callable[[Engine, "_Args", Any], Any]
+VERBS: dict[str, Handler] = {}
+
+
+def verb(name: str) -> Callable[[Handler], Handler]:
+    """Register a verb's handler; it returns the one reply, or streams on ``ret`` itself
+    and returns :data:`STREAMED`."""
+    def deco(fn: Handler) -> Handler:
+        VERBS[name] = fn
+        return fn
+    return deco
+
+
+STREAMED = object()
+
+
+def serve(engine: Engine, requests: chan.Receiver) -> None:
+    """Answer every request that arrives on ``requests`` until it is closed."""
+    for req in requests:
+        threading.Thread(target=handle, args=(engine, req), daemon=True,
+                         name="chanbox-verb").start()
+
+
+def serve_in_thread(engine: Engine, requests: chan.Receiver) -> threading.Thread:
+    """:func:`serve` in a daemon thread; the thread is returned started."""
+    t = threading.Thread(target=serve, args=(engine, requests), daemon=True,
+                         name="chanbox-service")
+    t.start()
+    return t
+
+
+def handle(engine: Engine, req: Any) -> None:
+    """Answer one request; never raises (a request without ``ret`` is logged and dropped)."""
+    ret = req.get("ret") if isinstance(req, dict) else None
+    if not isinstance(ret, chan.Sender):
+        log.warning("dropped a request without a 'ret' Sender: %.200r", req)
+        _close_ends(req)
+        return
+    try:
+        name = req.get("verb")
+        if not isinstance(name, str) or name not in VERBS:
+            raise InvalidArgument(f"unknown verb {name!r}; known verbs: "
+                                  f"{', '.join(sorted(VERBS))}")
+        args = req.get("args", {})
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise InvalidArgument(f"{name}: 'args' must be a map, not {type(args).__name__}")
+        result = VERBS[name](engine, _Args(name, args), ret)
+        if result is not STREAMED:
+            ret.send(result)
+        ret.close()
+    except EngineError as exc:
+        _fail(ret, exc)
+    except chan.ChannelError as exc:
+        # the client went away mid-answer: nothing to tell it
+        log.info("client of %r gone: %s", req.get("verb"), exc)
+        _abandon(ret)
+    except Exception as exc:  # noqa: BLE001 -- the service must outlive a bug in a verb
+        log.exception("verb %r failed", req.get("verb"))
+        err = EngineError(f"internal error in {req.get('verb')!r}: {exc!r}")
+        _fail(ret, err)
+
+
+def _fail(ret: chan.Sender, exc: Exception) -> None:
+    try:
+        ret.close(error=exc)
+    except chan.ChannelError:
+        pass
+
+
+def _abandon(ret: chan.Sender) -> None:
+    try:
+        ret.close()
+    except chan.ChannelError:
+        pass
+
+
+def _close_ends(value: Any) -> None:
+    """Close the channel ends inside a message we will not answer."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _close_ends(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _close_ends(v)
+    elif isinstance(value, (chan.Sender, chan.Receiver, chan.ByteStream)):
+        try:
+            value.close()
+        except chan.ChannelError:
+            pass
+
+
+class _Args:
+    """Typed access to a request's args, with errors that name the verb and the arg."""
+
+    _TYPES: dict[type, tuple[type, ...]] = {float: (int, float), int: (int,)}
+
+    def __init__(self, verb: str, args: dict[str, Any]) -> None:
+        self.verb = verb
+        self.args = args
+
+    def get(self, key: str, typ: type | tuple[type, ...], default: Any = None,
+            *, required: bool = False) -> Any:
+        if key not in self.args or self.args[key] is None:
+            if required:
+                raise InvalidArgument(f"{self.verb}: missing argument {key!r}")
+            return default
+        v = self.args[key]
+        types = self._TYPES.get(typ, typ) if isinstance(typ, type) else typ
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in
+                                          (types if isinstance(types, tuple) else (types,))):
+            raise InvalidArgument(f"{self.verb}: argument {key!r} must be "
+                                  f"{_type_name(typ)}, not {type(v).__name__}")
+        return v
+
+    def strings(self, key: str, default: list[str] | None = None) -> list[str] | None:
+        v = self.get(key, (list, tuple), default)
+        if v is not None and not all(isinstance(s, str) for s in v):
+            raise InvalidArgument(f"{self.verb}: argument {key!r} must be a list of strings")
+        return list(v) if v is not None else None
+
+    def id(self) -> str:
+        return self.get("id", str, required=True)
+
+
+def _type_name(typ: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "a map", (list, tuple): "a list"}
+    return names.get(typ, str(typ))
+
+
+# -- containers --------------------------------------------------------------------------
+
+def _create(engine: Engine, a: _Args) -> str:
+    labels = a.get("labels", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidArgument(f"{a.verb}: labels must map strings to strings")
+    return engine.create(
+        a.get("image", str, required=True), a.strings("cmd"),
+        entrypoint=a.strings("entrypoint"), env=a.strings("env", []),
+        workdir=a.get("workdir", str, ""), user=a.get("user", str, ""),
+        name=a.get("name", str), hostname=a.get("hostname", str, ""), labels=labels,
+        memory=a.get("memory", int), cpus=a.get("cpus", float),
+        pids_limit=a.get("pids_limit", int), network=a.get("network", str, "none"),
+        read_only=a.get("read_only", bool, False), privileged=a.get("privileged", bool, False),
+        open_stdin=a.get("open_stdin", bool, False), tty=a.get("tty", bool, False),
+        auto_remove=a.get("auto_remove", bool, False))
+
+
+@verb("create")
+def _v_create(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"id": _create(engine, a)}
+
+
+@verb("spawn")
+def _v_spawn(engine: Engine, a: _Args, ret: Any) -> Any:
+    cid = _create(engine, a)
+    engine.start(cid)
+    return {"id": cid}
+
+
+@verb("start")
+def _v_start(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.start(a.id())
+    return {"id": a.id()}
+
+
+@verb("stop")
+def _v_stop(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"exit_code": engine.stop(a.id(), timeout=a.get("timeout", float, 10))}
+
+
+@verb("kill")
+def _v_kill(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.kill(a.id(), a.get("signal", (str, int), "KILL"))
+    return {}
+
+
+@verb("wait")
+def _v_wait(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"exit_code": engine.wait(a.id(), a.get("condition", str, "not-running"))}
+
+
+@verb("rm")
+def _v_rm(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.rm(a.id(), force=a.get("force", bool, False))
+    return {}
+
+
+@verb("pause")
+def _v_pause(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.pause(a.id())
+    return {}
+
+
+@verb("unpause")
+def _v_unpause(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.unpause(a.id())
+    return {}
+
+
+@verb("ls")
+def _v_ls(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.ps(all=a.get("all", bool, False))
+
+
+@verb("get")
+def _v_get(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.inspect(a.id())
+
+
+@verb("commit")
+def _v_commit(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"id": engine.commit(a.id(), a.get("ref", str), comment=a.get("comment", str, ""),
+                                author=a.get("author", str, ""),
+                                changes=a.get("changes", dict),
+                                pause=a.get("pause", bool, True))}
+
+
+@verb("log")
+def _v_log(engine: Engine, a: _Args, ret: Any) -> Any:
+    tail = a.get("tail", int)
+    for entry in engine.logs(a.id(), follow=a.get("follow", bool, False), tail=tail):
+        ret.send(entry)
+    return STREAMED
+
+
+def _stream_attachment(att: Any, ret: Any, stdin: bool) -> Any:
+    """Send an attachment's output on ``ret`` and feed a chan stream to its stdin."""
+    theirs = None
+    if stdin:
+        ours, theirs = chan.stream_pair()
+        threading.Thread(target=_pump_stdin, args=(ours, att), daemon=True,
+                         name="chanbox-stdin").start()
+    try:
+        ret.send({"stdin": theirs})
+        while True:
+            item = att.read()
+            if item is None:
+                break
+            ret.send({"stream": item[0], "data": item[1]})
+        ret.send(dict(att.exit or {}))
+    finally:
+        att.close()
+    return STREAMED
+
+
+def _pump_stdin(stream: chan.ByteStream, att: Any) -> None:
+    try:
+        while True:
+            data = stream.read(65536)
+            if not data:
+                break
+            att.write(data)
+        att.close_stdin()
+    except (chan.ChannelError, OSError, EngineError):
+        pass  # the process ended or the client left; the output side reports it
+
+
+@verb("attach")
+def _v_attach(engine: Engine, a: _Args, ret: Any) -> Any:
+    stdin = a.get("stdin", bool, False)
+    att = engine.attach(a.id(), stdin=stdin, stdout=a.get("stdout", bool, True),
+                        stderr=a.get("stderr", bool, True))
+    return _stream_attachment(att, ret, stdin)
+
+
+@verb("exec")
+def _v_exec(engine: Engine, a: _Args, ret: Any) -> Any:
+    stdin = a.get("open_stdin", bool, False)
+    att = engine.exec(a.id(), a.strings("cmd", []) or [], env=a.strings("env", []),
+                      workdir=a.get("workdir", str, ""), user=a.get("user", str, ""),
+                      open_stdin=stdin, tty=a.get("tty", bool, False))
+    return _stream_attachment(att, ret, stdin)
+
+
+# -- images ------------------------------------------------------------------------------
+
+@verb("images")
+def _v_images(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.image_list()
+
+
+@verb("image_get")
+def _v_image_get(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.image_inspect(a.get("ref", str, required=True))
+
+
+@verb("history")
+def _v_history(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.history(a.get("ref", str, required=True))
+
+
+@verb("tag")
+def _v_tag(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.tag(a.get("source", str, required=True), a.get("ref", str, required=True))
+    return {}
+
+
+@verb("rmi")
+def _v_rmi(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.rmi(a.get("ref", str, required=True), force=a.get("force", bool, False))
+
+
+@verb("import")
+def _v_import(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"id": engine.import_image(a.get("path", str, required=True), a.get("ref", str),
+                                      changes=a.get("changes", dict),
+                                      comment=a.get("comment", str, ""))}
+
+
+@verb("bootstrap")
+def _v_bootstrap(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"id": engine.bootstrap(a.get("ref", str, "busybox:latest"))}
+
+
+# -- host --------------------------------------------------------------------------------
+
+@verb("info")
+def _v_info(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.info()
+
+
+@verb("version")
+def _v_version(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.version()
