@@ -158,7 +158,11 @@ def _create_args(image: str, cmd: tuple[str, ...], kw: dict[str, Any]) -> dict[s
     }
 
 
-@main.command(context_settings={"ignore_unknown_options": False})
+# Options end at the image name: what follows is the container's command.
+_CMD_AFTER_IMAGE = {"allow_interspersed_args": False}
+
+
+@main.command(context_settings=_CMD_AFTER_IMAGE)
 @_container_options
 @click.argument("image")
 @click.argument("cmd", nargs=-1)
@@ -168,7 +172,7 @@ def create(ctx: click.Context, image: str, cmd: tuple[str, ...], **kw: Any) -> N
     click.echo(_call(ctx, "create", **_create_args(image, cmd, kw))["id"])
 
 
-@main.command()
+@main.command(context_settings=_CMD_AFTER_IMAGE)
 @_container_options
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; print the id.")
 @click.argument("image")
@@ -179,15 +183,25 @@ def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, **kw
     from .errors import EngineError
 
     client = _client(ctx)
-    cid = _call(ctx, "create", **_create_args(image, cmd, kw))["id"]
+    args = _create_args(image, cmd, kw)
+    # An attached --rm is removed by us once we have its exit code (the monitor's own
+    # removal would race with our wait); a detached one by its monitor.
+    remove = args["auto_remove"] and not detach
+    args["auto_remove"] = args["auto_remove"] and detach
+    cid = _call(ctx, "create", **args)["id"]
     try:
         client.call("start", id=cid)
     except EngineError as exc:
+        if remove:
+            client.call("rm", id=cid, force=True)
         _die(str(exc), exc.exit_status)
     if detach:
         click.echo(cid)
         return
-    sys.exit(_follow(client, cid, stdin=kw["interactive"]))
+    code = _follow(client, cid, stdin=kw["interactive"])
+    if remove:
+        _call(ctx, "rm", id=cid, force=True)
+    sys.exit(code)
 
 
 def _follow(client: Any, cid: str, *, stdin: bool) -> int:
@@ -204,8 +218,6 @@ def _follow(client: Any, cid: str, *, stdin: bool) -> int:
             f.flush()
         return client.call("wait", id=cid)["exit_code"]
     except EngineError as exc:
-        if exc.code == "not_found":  # --rm removed it already; its code went with it
-            return 0
         _die(str(exc), exc.exit_status)
 
 
@@ -443,7 +455,7 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
     sys.exit(code)
 
 
-@main.command(name="exec", context_settings={"allow_interspersed_args": False})
+@main.command(name="exec", context_settings=_CMD_AFTER_IMAGE)
 @click.option("-i", "--interactive", is_flag=True)
 @click.option("-t", "--tty", is_flag=True)
 @click.option("-e", "--env", multiple=True)

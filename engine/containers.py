@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import fsutil
+from . import failpoints, fsutil
 from .errors import Conflict, InvalidArgument, NotFound
 
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -118,6 +118,7 @@ class ContainerStore:
                         f"{holder.id}; remove that container or choose another name")
                 config = dict(config, Id=cid, Name=name, Created=now_ns())
                 fsutil.write_json(os.path.join(stage, "config.json"), config)
+                failpoints.hit("create:staged")
                 os.rename(stage, os.path.join(self.base, cid))
         except BaseException:
             fsutil.remove_tree(stage)
@@ -136,6 +137,7 @@ class ContainerStore:
             os.rename(c.dir, stage)
         except FileNotFoundError:
             return
+        failpoints.hit("rm:unlinked")
         fsutil.remove_tree(stage)
 
     def reset_run(self, c: Container) -> None:

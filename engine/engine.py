@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import cgroups, fsutil, logs, monitor_client
+from . import cgroups, failpoints, fsutil, logs, monitor_client
 from .containers import Container, ContainerStore, rfc3339
 from .errors import Conflict, EngineError, InvalidArgument, NotFound, NotRunning
 from .images import Image, ImageStore
@@ -40,13 +40,15 @@ class Engine:
     :meth:`prepare_spawn` forks the fork server that later forks the monitors.
     """
 
-    def __init__(self, root: str | None = None) -> None:
+    def __init__(self, root: str | None = None, *, forker: Any = None) -> None:
+        """``forker``: a :class:`engine.forkserver.ForkServer` to share (tests and
+        daemons that made one early); else :meth:`prepare_spawn` makes one."""
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, mode=0o711, exist_ok=True)
         self.images = ImageStore(self.root)
         self.containers = ContainerStore(self.root)
-        self._forker: Any = None
-        self._forker_lock = threading.Lock()
+        self._forker: Any = forker
+        self._own_forker = forker is None
         fsutil.clean_staging(self.root)
 
     # -- set-up ----------------------------------------------------------------------
@@ -57,12 +59,14 @@ class Engine:
             from .forkserver import ForkServer
 
             self._forker = ForkServer()
+            self._own_forker = True
 
     def close(self) -> None:
-        """End the fork server; running containers go on under their monitors."""
-        if self._forker is not None:
+        """End the fork server (if this engine made it); containers go on under their
+        monitors."""
+        if self._forker is not None and self._own_forker:
             self._forker.close()
-            self._forker = None
+        self._forker = None
 
     def recover(self) -> None:
         """Repair what a killed engine process left: staging dirs, half-made layers."""
@@ -177,6 +181,7 @@ class Engine:
                 raise EngineError("this engine was not prepared to start containers "
                                   "(call Engine.prepare_spawn before starting threads)")
             self.prepare_spawn()
+        cgroups.remove(c.cgroups)  # the previous run's, if this is a restart
         self.containers.reset_run(c)
         spec = self._spec(c)
         hc = c.config["HostConfig"]
@@ -184,11 +189,13 @@ class Engine:
                         pids=hc["PidsLimit"] or None)
         paths = cgroups.create(c.id, limits)
         fsutil.write_json(c.path("cgroups.json"), paths)
+        failpoints.hit("start:cgroups")
         spec.cgroups = paths
         on_exit = ("engine.engine:autoremove", [self.root, c.id]) if hc["AutoRemove"] else None
         try:
             self._forker.spawn(spec, c.dir, open_stdin=c.config["Config"]["OpenStdin"],
                                on_exit=on_exit)
+            failpoints.hit("start:spawned")
         except EngineError as exc:
             cgroups.remove(paths)
             fsutil.write_json(c.path("exit.json"), {
@@ -353,6 +360,7 @@ class Engine:
 
     def _delete(self, c: Container) -> None:
         cgroups.remove(c.cgroups)  # also kills what a dead monitor left running
+        failpoints.hit("rm:cgroups")
         self.containers.delete(c)
 
     def pause(self, ref: str) -> None:

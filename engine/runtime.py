@@ -1,0 +1,345 @@
+"""Create containers and run processes in them (the parent side and the child's init).
+
+The sequence, between the monitor (parent) and the child it forks::
+
+    monitor                                   child
+    -------                                   -----
+    precompute: rootfs plan, env, argv,
+      seccomp BPF, capability drops
+    unshare(CLONE_NEWPID)
+    pipe (close-on-exec)  ── fork ──────────▶ pid 1 of the new pid namespace
+                                              join cgroups; unshare mnt/uts/ipc[/net]
+                                              / rprivate; overlay; /proc /dev /sys; masks
+                                              pivot_root; hostname; lo up; user; caps;
+                                              setsid; stdio; no_new_privs; seccomp
+    read(pipe) ◀──── EOF at execve ────────── execve(argv)           (success)
+               ◀──── "errno\\0kind\\0stage" ─ _exit(125|126|127)      (failure)
+
+A failure before exec is reported through the pipe; :func:`start` reaps the child and
+raises the matching :mod:`engine.errors` class.  The child runs no imports and does no
+string work it could have been handed ready-made.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from engine import rootfs, security, syscalls
+from engine.errors import (
+    CommandNotFound,
+    CommandNotInvokable,
+    EngineError,
+    InvalidArgument,
+    NotRunning,
+    RuntimeFailure,
+)
+from engine.spec import ContainerSpec, ProcessSpec
+
+__all__ = ["DEFAULT_PATH", "exec_in", "start", "warm_up"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# what the child reports in the error pipe: which kind of step failed
+_SETUP, _USER, _EXEC = b"setup", b"user", b"exec"
+
+
+class _Process:
+    """Everything about one process that can be computed before fork."""
+
+    def __init__(self, spec: ContainerSpec, proc: ProcessSpec) -> None:
+        if not proc.args:
+            raise InvalidArgument("no command given: set the image's Cmd or pass one")
+        self.argv = [os.fsencode(a) for a in proc.args]
+        env: dict[bytes, bytes] = {}
+        for item in proc.env:
+            k, sep, v = item.partition("=")
+            if not k or not sep:
+                raise InvalidArgument(f"environment entry {item!r} is not KEY=VALUE")
+            env[os.fsencode(k)] = os.fsencode(v)
+        env.setdefault(b"PATH", DEFAULT_PATH.encode())
+        env.setdefault(b"HOSTNAME", os.fsencode(spec.hostname))
+        if proc.terminal:
+            env.setdefault(b"TERM", b"xterm")
+        self.env = env
+        self.path = [d or b"." for d in env[b"PATH"].split(b":")]
+        self.user = proc.user
+        self.cwd = os.fsencode(proc.cwd or "/")
+        self.terminal = proc.terminal
+        self.cgroup_procs = [os.fsencode(os.path.join(d, "cgroup.procs")) for d in spec.cgroups]
+        self.confine = security.Confinement(spec.privileged)
+
+
+def warm_up() -> None:
+    """Compute what every container shares (the seccomp BPF) now, e.g. in a fork server
+    before it forks monitors, so no start() pays for it."""
+    security.default_seccomp_program()
+
+
+def start(spec: ContainerSpec, stdin: int, stdout: int, stderr: int) -> int:
+    """Create the container and exec ``spec.process`` in it; return the init's host PID.
+
+    Call it in a single-threaded process (the monitor), which becomes the init's parent
+    and must reap it.  The caller itself enters the container's pid namespace for its
+    later forks (see :func:`exec_in`).  Raises :class:`CommandNotFound` (exit 127),
+    :class:`CommandNotInvokable` (126), :class:`InvalidArgument` (bad user) or
+    :class:`RuntimeFailure` naming the step the kernel refused.
+    """
+    proc = _Process(spec, spec.process)
+    try:
+        steps = rootfs.plan(spec)
+    except ValueError as exc:
+        raise InvalidArgument(f"{exc} (container {spec.id})") from exc
+    flags = syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC
+    if spec.network != "host":
+        flags |= syscalls.CLONE_NEWNET
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+    except OSError as exc:
+        raise RuntimeFailure(f"unshare the pid namespace: {os.strerror(exc.errno or 0)}; "
+                             "start() needs root and a process that has not started "
+                             "a container yet") from exc
+    hostname = os.fsencode(spec.hostname)
+    rootfs_b = os.fsencode(spec.rootfs)
+    r, w = _pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(w, proc, stdin, stdout, stderr, lambda: _build_container(
+            flags, steps, rootfs_b, hostname, spec.network != "host"))
+    os.close(w)
+    _await_exec(pid, r, spec.process.args[0])
+    return pid
+
+
+def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
+            stdin: int, stdout: int, stderr: int) -> int:
+    """Run another process in the running container whose init is ``init_pid`` (``docker
+    exec``); return its PID.
+
+    Call it from the process that called :func:`start` (its forks already land in the
+    container's pid namespace); any other caller is moved into that pid namespace for
+    its later forks.  Same errors as :func:`start`; :class:`NotRunning` when the init
+    is gone."""
+    proc = _Process(spec, process)
+    fds: list[int] = []
+    try:
+        ns_dir = f"/proc/{init_pid}/ns/"
+        try:
+            if os.readlink(ns_dir + "pid") != os.readlink("/proc/self/ns/pid_for_children"):
+                fd = os.open(ns_dir + "pid", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    syscalls.setns(fd, syscalls.CLONE_NEWPID)
+                finally:
+                    os.close(fd)
+            for kind in ("ipc", "uts", "net", "mnt"):
+                fds.append(os.open(ns_dir + kind, os.O_RDONLY | os.O_CLOEXEC))
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise NotRunning(f"container {spec.id} is not running (its init {init_pid} is "
+                             "gone): start it before exec") from exc
+        except OSError as exc:
+            raise RuntimeFailure(f"enter container {spec.id} (pid {init_pid}): "
+                                 f"{os.strerror(exc.errno or 0)}") from exc
+        r, w = _pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _child(w, proc, stdin, stdout, stderr, lambda: _enter(fds))
+        os.close(w)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    _await_exec(pid, r, process.args[0])
+    return pid
+
+
+# -- parent: wait for exec or a report -------------------------------------------------
+
+def _pipe() -> tuple[int, int]:
+    """The error pipe; its write end kept off 0-2, which the child overwrites with stdio."""
+    r, w = os.pipe()
+    if w < 3:
+        high = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(w)
+        w = high
+    return r, w
+
+
+def _await_exec(pid: int, r: int, cmd: str) -> None:
+    chunks = []
+    try:
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+    if not chunks:
+        return
+    os.waitpid(pid, 0)
+    raise _error(b"".join(chunks), cmd)
+
+
+def _error(report: bytes, cmd: str) -> EngineError:
+    err_s, kind, stage = (report.split(b"\0", 2) + [b"", b""])[:3]
+    err = int(err_s) if err_s.isdigit() else errno.EIO
+    what = stage.decode("utf-8", "replace")
+    if kind == _USER:
+        return InvalidArgument(what)
+    if kind == _EXEC:
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            if "/" in cmd:
+                return CommandNotFound(f'exec: "{cmd}": stat {cmd}: no such file or directory')
+            return CommandNotFound(f'exec: "{cmd}": executable file not found in $PATH')
+        if err in (errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.EPERM):
+            return CommandNotInvokable(f'exec: "{cmd}": {os.strerror(err).lower()}')
+    return RuntimeFailure(f"{what}: {os.strerror(err)}")
+
+
+# -- child ------------------------------------------------------------------------------
+
+def _child(w: int, proc: _Process, stdin: int, stdout: int, stderr: int, setup) -> None:
+    """The child between fork and exec; never returns."""
+    code = 125
+    try:
+        try:
+            os.umask(0)
+            for procs in proc.cgroup_procs:
+                _write(procs, b"0", "join cgroup")
+            setup()
+            _finish(proc, stdin, stdout, stderr)
+        except rootfs.StepFailed as exc:
+            _report(w, exc.errno, _SETUP, exc.stage)
+        except InvalidArgument as exc:
+            _report(w, errno.EINVAL, _USER, str(exc))
+        except _ExecFailed as exc:
+            code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+            _report(w, exc.errno, _EXEC, "exec")
+        except OSError as exc:
+            _report(w, exc.errno or errno.EIO, _SETUP, exc.strerror or "setup")
+        except BaseException as exc:  # noqa: BLE001 - must never unwind into the caller
+            _report(w, errno.EIO, _SETUP, f"container init: {exc!r}")
+    finally:
+        os._exit(code)
+
+
+def _report(w: int, err: int, kind: bytes, stage: str) -> None:
+    try:
+        os.write(w, b"%d\0%s\0%s" % (err, kind, stage.encode("utf-8", "replace")))
+    except OSError:
+        pass  # the parent is gone; nobody to tell
+
+
+def _write(path: bytes, data: bytes, stage: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise rootfs.StepFailed(f"{stage} {os.fsdecode(path)}", exc.errno or errno.EIO) from None
+
+
+def _build_container(flags: int, steps: list, rootfs_b: bytes, hostname: bytes,
+                     new_net: bool) -> None:
+    try:
+        syscalls.unshare(flags)
+    except OSError as exc:
+        raise rootfs.StepFailed("unshare namespaces", exc.errno or errno.EIO) from None
+    try:
+        syscalls.mount(None, b"/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
+    except OSError as exc:
+        raise rootfs.StepFailed("make / private", exc.errno or errno.EIO) from None
+    rootfs.apply(steps)
+    rootfs.pivot(rootfs_b)
+    try:
+        syscalls.sethostname(hostname)
+        if new_net:
+            syscalls.loopback_up()
+    except OSError as exc:
+        raise rootfs.StepFailed(exc.strerror or "hostname", exc.errno or errno.EIO) from None
+
+
+def _enter(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            syscalls.setns(fd, 0)
+        except OSError as exc:
+            raise rootfs.StepFailed("setns into the container", exc.errno or errno.EIO) from None
+
+
+class _ExecFailed(Exception):
+    def __init__(self, err: int) -> None:
+        super().__init__(err)
+        self.errno = err
+
+
+def _finish(proc: _Process, stdin: int, stdout: int, stderr: int) -> None:
+    """User, cwd, capabilities, session, stdio, seccomp, exec (inside the container)."""
+    uid, gid, groups, home = security.resolve_user(proc.user)
+    env = proc.env
+    if b"HOME" not in env:
+        env[b"HOME"] = os.fsencode(home)
+    try:
+        os.makedirs(proc.cwd, 0o755, exist_ok=True)
+    except OSError as exc:
+        raise rootfs.StepFailed(f"create working directory {os.fsdecode(proc.cwd)}",
+                                exc.errno or errno.EIO) from None
+    conf = proc.confine
+    try:
+        conf.drop_bounding()
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise rootfs.StepFailed(f"switch to user {proc.user or 'root'} ({uid}:{gid})",
+                                exc.errno or errno.EIO) from None
+    try:
+        os.chdir(proc.cwd)
+    except OSError as exc:
+        raise rootfs.StepFailed(f"chdir to {os.fsdecode(proc.cwd)}", exc.errno or errno.EIO) from None
+    try:
+        os.setsid()
+        _stdio(stdin, stdout, stderr)
+        if proc.terminal:
+            syscalls.ioctl_int(0, syscalls.TIOCSCTTY, 0)
+        syscalls.cloexec_from(3)
+    except OSError as exc:
+        raise rootfs.StepFailed("set up stdio", exc.errno or errno.EIO) from None
+    try:
+        conf.after_setuid(uid)
+    except OSError as exc:
+        raise rootfs.StepFailed("apply capabilities, no_new_privs and seccomp",
+                                exc.errno or errno.EIO) from None
+    os.umask(0o022)
+    _exec(proc.argv, env, proc.path)
+
+
+def _stdio(stdin: int, stdout: int, stderr: int) -> None:
+    src = [stdin, stdout, stderr]
+    # a source sitting on another slot's number would be clobbered: move it up first
+    for i, fd in enumerate(src):
+        if fd < 3 and fd != i:
+            src[i] = os.dup(fd)
+    for i, fd in enumerate(src):
+        if fd == i:
+            os.set_inheritable(fd, True)
+        else:
+            os.dup2(fd, i, inheritable=True)
+
+
+def _exec(argv: list[bytes], env: dict[bytes, bytes], path: list[bytes]) -> None:
+    a0 = argv[0]
+    if b"/" in a0:
+        try:
+            os.execve(a0, argv, env)
+        except OSError as exc:
+            raise _ExecFailed(exc.errno or errno.EIO) from None
+    for d in path:
+        try:
+            os.execve(d + b"/" + a0, argv, env)
+        except OSError as exc:
+            # like Go's exec.LookPath: what is missing or not executable is skipped
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                raise _ExecFailed(exc.errno or errno.EIO) from None
+    raise _ExecFailed(errno.ENOENT)

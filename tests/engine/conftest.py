@@ -1,0 +1,97 @@
+"""Fixtures for the engine's tests: a root with a busybox image, an engine, a client.
+
+The fork server is forked when this file is imported, during collection, before any
+test has started a thread (chan's tests start ZeroMQ's): the engine may only fork
+from a single-threaded process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from engine import fsutil
+from engine.forkserver import ForkServer
+
+if TYPE_CHECKING:
+    from engine.client import Client
+    from engine.engine import Engine
+
+FORKER = ForkServer()
+CHANBOX = os.path.join(os.path.dirname(sys.executable), "chanbox")
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    FORKER.close()
+
+
+@pytest.fixture(scope="session")
+def image_root() -> Iterator[str]:
+    """An engine root shared by the session, holding ``busybox:latest``."""
+    from engine.engine import Engine
+
+    root = tempfile.mkdtemp(prefix="cbx-root-")
+    Engine(root, forker=FORKER).bootstrap("busybox:latest")
+    yield root
+    fsutil.remove_tree(root)
+
+
+@pytest.fixture
+def engine(image_root: str) -> Iterator[Engine]:
+    """An engine on the shared root; the containers a test made are removed after it."""
+    from engine.engine import Engine
+
+    eng = Engine(image_root, forker=FORKER)
+    before = {c.id for c in eng.containers.list()}
+    yield eng
+    for c in eng.containers.list():
+        if c.id not in before:
+            try:
+                eng.rm(c.id, force=True)
+            except Exception as exc:  # noqa: BLE001 -- report, then go on cleaning
+                print(f"cleanup of container {c.id[:12]} failed: {exc!r}", file=sys.stderr)
+
+
+@pytest.fixture
+def empty_root() -> Iterator[str]:
+    """A fresh engine root of its own (removed afterwards)."""
+    root = tempfile.mkdtemp(prefix="cbx-root-")
+    yield root
+    from engine.engine import Engine
+
+    eng = Engine(root, forker=FORKER)
+    for c in eng.containers.list():
+        try:
+            eng.rm(c.id, force=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"cleanup of container {c.id[:12]} failed: {exc!r}", file=sys.stderr)
+    fsutil.remove_tree(root)
+
+
+@pytest.fixture
+def client(engine: Engine) -> Iterator[Client]:
+    """A channel client of ``engine``, served in this process over an in-memory pipe."""
+    import chan
+    from engine.client import Client
+    from engine.service import serve_in_thread
+
+    tx, rx = chan.pipe()
+    serve_in_thread(engine, rx)
+    cl = Client(tx)
+    yield cl
+    cl.close()
+
+
+def cli(root: str, *args: str, input: bytes | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the ``chanbox`` CLI on ``root``; its completed process (output as text)."""
+    return subprocess.run([CHANBOX, "--root", root, *args], input=input,
+                          capture_output=True, timeout=timeout)

@@ -1,0 +1,115 @@
+"""The ``chanbox`` command line, run as a user runs it: a process per command."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from .conftest import cli, needs_root
+
+pytestmark = needs_root
+
+
+def out(p) -> str:
+    return p.stdout.decode()
+
+
+def test_run_prints_output_and_exits_with_the_containers_code(image_root: str) -> None:
+    p = cli(image_root, "run", "--rm", "busybox", "sh", "-c", "echo hello; echo oops >&2; exit 3")
+    assert (p.returncode, out(p), p.stderr.decode()) == (3, "hello\n", "oops\n")
+
+
+def test_engine_errors_exit_125_and_name_the_problem(image_root: str) -> None:
+    p = cli(image_root, "run", "--rm", "cbx-nosuch:1", "true")
+    assert p.returncode == 125
+    assert "no such image: cbx-nosuch:1" in p.stderr.decode()
+    p = cli(image_root, "run", "--rm", "--bogus-flag", "busybox", "true")
+    assert p.returncode == 125
+    p = cli(image_root, "run", "--rm", "-m", "lots", "busybox", "true")
+    assert p.returncode == 125 and "invalid size" in p.stderr.decode()
+
+
+def test_missing_command_is_127_and_not_executable_126(image_root: str) -> None:
+    p = cli(image_root, "run", "--rm", "busybox", "/no/such")
+    assert p.returncode == 127 and "/no/such" in p.stderr.decode()
+    p = cli(image_root, "run", "--rm", "busybox", "/etc/passwd")
+    assert p.returncode == 126
+
+
+def test_run_interactive_passes_stdin(image_root: str) -> None:
+    p = cli(image_root, "run", "--rm", "-i", "busybox", "sh", "-c", "tr a-z A-Z",
+            input=b"shout\n")
+    assert (p.returncode, out(p)) == (0, "SHOUT\n")
+
+
+def test_detached_lifecycle(image_root: str) -> None:
+    p = cli(image_root, "run", "-d", "--name", "cbx-cli-d", "busybox",
+            "sh", "-c", "echo started; sleep 30")
+    assert p.returncode == 0, p.stderr
+    cid = out(p).strip()
+    assert len(cid) == 64
+    try:
+        assert cid[:12] in out(cli(image_root, "ps", "-q"))
+        rows = [json.loads(line) for line in out(cli(image_root, "ps", "--format", "json")).splitlines()]
+        assert any(r["Id"] == cid and r["State"] == "running" for r in rows)
+        deadline = time.monotonic() + 5
+        while "started" not in out(cli(image_root, "logs", "cbx-cli-d")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        p = cli(image_root, "exec", "cbx-cli-d", "sh", "-c", "echo in-$(hostname)")
+        assert out(p).strip() == f"in-{cid[:12]}"
+        info = json.loads(out(cli(image_root, "inspect", "cbx-cli-d")))[0]
+        assert info["State"]["Running"] is True
+        assert cli(image_root, "stop", "-t", "1", "cbx-cli-d").returncode == 0
+        assert out(cli(image_root, "wait", "cbx-cli-d")).strip() == "137"
+        assert cid[:12] not in out(cli(image_root, "ps", "-q"))
+        assert cid[:12] in out(cli(image_root, "ps", "-a", "-q"))
+    finally:
+        cli(image_root, "rm", "-f", cid)
+    assert cid[:12] not in out(cli(image_root, "ps", "-a", "-q"))
+
+
+def test_images_history_tag_rmi(image_root: str) -> None:
+    assert "busybox" in out(cli(image_root, "images"))
+    assert cli(image_root, "tag", "busybox", "cbx-copy:v1").returncode == 0
+    rows = [json.loads(line) for line in out(cli(image_root, "images", "--format", "json")).splitlines()]
+    assert any("cbx-copy:v1" in r["RepoTags"] for r in rows)
+    hist = out(cli(image_root, "history", "cbx-copy:v1")).splitlines()
+    assert hist[0].startswith("IMAGE") and len(hist) == 2
+    p = cli(image_root, "rmi", "cbx-copy:v1")
+    assert p.returncode == 0 and "Untagged: cbx-copy:v1" in out(p)
+    assert cli(image_root, "rmi", "cbx-copy:v1").returncode != 0
+
+
+def test_info_says_what_security_the_kernel_offers(image_root: str) -> None:
+    info = json.loads(out(cli(image_root, "info", "--format", "json")))
+    sec = json.dumps(info["Security"]).lower()
+    assert "apparmor" in sec and "selinux" in sec and "seccomp" in sec
+    assert info["Driver"] == "overlay2" and info["CgroupVersion"] in ("1", "2")
+
+
+def test_version(image_root: str) -> None:
+    p = cli(image_root, "version")
+    assert p.returncode == 0 and "Version" in out(p)
+
+
+def test_import_a_rootfs_tarball(image_root: str, tmp_path) -> None:
+    import tarfile
+
+    src = tmp_path / "rootfs"
+    (src / "bin").mkdir(parents=True)
+    (src / "hello.txt").write_text("from a tarball\n")
+    import shutil
+    shutil.copy("/bin/busybox", src / "bin" / "busybox")
+    tar = tmp_path / "rootfs.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(src, arcname="/")
+    p = cli(image_root, "import", str(tar), "cbx-imported:1")
+    assert p.returncode == 0, p.stderr
+    try:
+        p = cli(image_root, "run", "--rm", "cbx-imported:1", "/bin/busybox", "cat", "/hello.txt")
+        assert out(p) == "from a tarball\n"
+    finally:
+        cli(image_root, "rmi", "cbx-imported:1")

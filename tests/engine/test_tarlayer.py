@@ -1,0 +1,208 @@
+"""engine.tarlayer: layer tars round trip, whiteouts both ways, and hostile archives."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import tarfile
+import tempfile
+
+import pytest
+
+from engine.errors import InvalidArgument
+from engine.fsutil import remove_tree
+from engine.tarlayer import apply_tar, diff_tar
+
+
+@pytest.fixture
+def tmp():
+    path = tempfile.mkdtemp(prefix="cbx-")
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def _tree(root: str) -> dict[str, tuple]:
+    """Everything a user would compare about a tree, keyed by relative path."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            extra: object = None
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    extra = (f.read(), st.st_nlink)
+            elif stat.S_ISLNK(st.st_mode):
+                extra = os.readlink(p)
+            elif stat.S_ISCHR(st.st_mode):
+                extra = st.st_rdev
+            xattrs = {} if stat.S_ISLNK(st.st_mode) else {
+                x: os.getxattr(p, x) for x in os.listxattr(p) if x.startswith(("user.", "trusted."))
+            }
+            mtime = None if stat.S_ISLNK(st.st_mode) else int(st.st_mtime)
+            out[rel] = (st.st_mode, st.st_uid, st.st_gid, mtime, extra, xattrs)
+    return out
+
+
+def _sample(root: str) -> None:
+    os.makedirs(f"{root}/etc/app")
+    os.makedirs(f"{root}/opaque/inner")
+    with open(f"{root}/etc/app/conf", "w") as f:
+        f.write("key=value\n")
+    with open(f"{root}/bin", "wb") as f:
+        f.write(os.urandom(200_000))
+    os.chmod(f"{root}/bin", 0o4755)
+    os.chown(f"{root}/etc/app/conf", 1000, 1001)
+    os.link(f"{root}/etc/app/conf", f"{root}/etc/conf-hardlink")
+    os.symlink("app/conf", f"{root}/etc/conf-symlink")
+    os.symlink("/nonexistent/abs", f"{root}/dangling")
+    os.mkfifo(f"{root}/fifo")
+    os.setxattr(f"{root}/bin", "user.note", b"\xffbinary\x00value")
+    os.setxattr(f"{root}/etc", "trusted.cbx", b"t")
+    os.mknod(f"{root}/etc/deleted", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    os.setxattr(f"{root}/opaque", "trusted.overlay.opaque", b"y")
+    with open(f"{root}/opaque/inner/x", "w") as f:
+        f.write("x")
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (1_500_000_000, 1_500_000_000), follow_symlinks=False)
+
+
+def test_round_trip_keeps_modes_owners_mtimes_links_xattrs_whiteouts(tmp):
+    src, dst = f"{tmp}/src", f"{tmp}/dst"
+    os.mkdir(src)
+    os.mkdir(dst)
+    _sample(src)
+    buf = io.BytesIO()
+    diff_id, size = diff_tar(src, buf)
+    buf.seek(0)
+    applied_id, applied_size = apply_tar(buf, dst)
+    assert diff_id == applied_id and diff_id.startswith("sha256:") and len(diff_id) == 71
+    assert size == applied_size == 200_000 + len("key=value\n") + 1  # a hard link counts once
+    assert _tree(dst) == _tree(src)
+    assert os.stat(f"{dst}/etc/conf-hardlink").st_ino == os.stat(f"{dst}/etc/app/conf").st_ino
+    assert os.getxattr(f"{dst}/opaque", "trusted.overlay.opaque") == b"y"
+    assert os.stat(f"{dst}/bin").st_mode & 0o7777 == 0o4755
+
+
+def test_oci_form_uses_wh_entries(tmp):
+    src = f"{tmp}/src"
+    os.mkdir(src)
+    _sample(src)
+    buf = io.BytesIO()
+    diff_tar(src, buf)
+    buf.seek(0)
+    names = tarfile.open(fileobj=buf).getnames()
+    assert "etc/.wh.deleted" in names and "etc/deleted" not in names
+    assert "opaque/.wh..wh..opq" in names
+    assert names.index("opaque/.wh..wh..opq") == names.index("opaque") + 1
+    for name in names:  # pre-order: a directory comes before what is inside it
+        head = name.rpartition("/")[0]
+        assert not head or names.index(head) < names.index(name)
+
+
+def test_same_content_same_diff_id_and_gzip_detected(tmp):
+    src = f"{tmp}/src"
+    os.mkdir(src)
+    _sample(src)
+    a, b = io.BytesIO(), io.BytesIO()
+    assert diff_tar(src, a) == diff_tar(src, b)
+    plain = a.getvalue()
+    gz = io.BytesIO(gzip.compress(plain))
+    os.mkdir(f"{tmp}/g")
+    diff_id, _ = apply_tar(gz, f"{tmp}/g")
+    assert diff_id == diff_tar(src, io.BytesIO())[0]  # the id is of the uncompressed tar
+    assert _tree(f"{tmp}/g") == _tree(src)
+
+
+def test_oci_whiteouts_from_a_foreign_tar(tmp):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("./a/", "./a/.wh..wh..opq", "./.wh.gone", "/abs/file"):
+            ti = tarfile.TarInfo(name)
+            if name.endswith("/"):
+                ti.type = tarfile.DIRTYPE
+                ti.mode = 0o755
+            tar.addfile(ti, io.BytesIO(b""))
+    buf.seek(0)
+    apply_tar(buf, tmp)
+    st = os.lstat(f"{tmp}/gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.getxattr(f"{tmp}/a", "trusted.overlay.opaque") == b"y"
+    assert os.path.isfile(f"{tmp}/abs/file")  # leading '/' stripped
+
+
+def _tar(*entries: tarfile.TarInfo, data: dict[str, bytes] | None = None) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for ti in entries:
+            payload = (data or {}).get(ti.name)
+            if payload is not None:
+                ti.size = len(payload)
+            tar.addfile(ti, io.BytesIO(payload) if payload is not None else None)
+    buf.seek(0)
+    return buf
+
+
+def _ti(name: str, type_: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = type_
+    ti.linkname = linkname
+    ti.mode = 0o644
+    return ti
+
+
+@pytest.mark.parametrize(
+    "archive, entry",
+    [
+        (lambda: _tar(_ti("../escape"), data={"../escape": b"x"}), "../escape"),
+        (lambda: _tar(_ti("a/../../escape"), data={"a/../../escape": b"x"}), "a/../../escape"),
+        (lambda: _tar(_ti("link", tarfile.SYMTYPE, "{outside}"), _ti("link/evil"), data={"link/evil": b"x"}), "link/evil"),
+        (lambda: _tar(_ti("hl", tarfile.LNKTYPE, "{outside}/victim")), "hl"),
+        (lambda: _tar(_ti("hl", tarfile.LNKTYPE, "../victim")), "../victim"),
+        (lambda: _tar(_ti("null", tarfile.CHRTYPE)), "null"),
+    ],
+    ids=["dotdot", "nested-dotdot", "through-symlink", "abs-hardlink", "escaping-hardlink", "device"],
+)
+def test_hostile_entries_are_refused_and_nothing_lands_outside(tmp, archive, entry):
+    outside = f"{tmp}/outside"
+    dest = f"{tmp}/dest/layer"
+    os.makedirs(outside)
+    os.makedirs(dest)
+    with open(f"{outside}/victim", "w") as f:
+        f.write("untouched")
+    before = sorted(os.listdir(tmp)), sorted(os.listdir(outside))
+    buf = archive()
+    raw = buf.getvalue().replace(b"{outside}", outside.encode())
+    # the placeholder changes length inside the PAX/ustar header: rebuild instead
+    if raw != buf.getvalue():
+        entries = []
+        for ti in tarfile.open(fileobj=io.BytesIO(buf.getvalue())).getmembers():
+            ti.linkname = ti.linkname.replace("{outside}", outside)
+            entries.append(ti)
+        buf = _tar(*entries, data={"link/evil": b"x"})
+    with pytest.raises(InvalidArgument) as err:
+        apply_tar(buf, dest)
+    assert entry.replace("{outside}", outside) in str(err.value)
+    assert (sorted(os.listdir(tmp)), sorted(os.listdir(outside))) == before
+    with open(f"{outside}/victim") as f:
+        assert f.read() == "untouched"
+    assert os.stat(f"{outside}/victim").st_nlink == 1
+    assert not os.path.exists(f"{tmp}/dest/escape") and not os.path.exists(f"{tmp}/escape")
+
+
+def test_devices_allowed_on_request(tmp):
+    ti = _ti("dev/null", tarfile.CHRTYPE)
+    ti.devmajor, ti.devminor = 1, 3
+    apply_tar(_tar(ti), tmp, allow_devices=True)
+    assert os.stat(f"{tmp}/dev/null").st_rdev == os.makedev(1, 3)
+
+
+def test_garbage_is_invalid_argument(tmp):
+    with pytest.raises(InvalidArgument, match="not a valid layer tar"):
+        apply_tar(io.BytesIO(b"\x1f\x8b" + b"nonsense" * 100), tmp)
