@@ -195,3 +195,25 @@ def test_fan_in_many_clients() -> None:
     result = run("fan_in.py", "--clients", "32", "--messages", "3000")
     assert (result.returncode, result.stderr) == (0, b""), result.stdout.decode()
     assert "server received 96000 of 96000 messages" in result.stdout.decode()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+def test_run_container_runs_busybox_through_the_channel_api() -> None:
+    import tempfile
+
+    from engine import fsutil
+
+    root = tempfile.mkdtemp(prefix="cbx-root-")
+    try:
+        p = run("run_container.py", "--root", root)
+        assert p.returncode == 0, p.stderr
+        out = lines(p.stdout)
+        assert out[0].startswith("hello from ") and out[0].endswith("pid 1, as root")
+        assert out[-1].split() == ["1", "ps"]  # the only process it can see is its own
+        assert "making the busybox image" in p.stderr.decode()
+        # a second run finds the image, and a failing command's code comes back
+        p = run("run_container.py", "--root", root, "sh", "-c", "exit 9")
+        assert p.returncode == 9 and "making" not in p.stderr.decode()
+        assert os.listdir(os.path.join(root, "containers")) == []  # removed after the run
+    finally:
+        fsutil.remove_tree(root)
