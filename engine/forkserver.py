@@ -53,7 +53,6 @@ class ForkServer:
     """
 
     def __init__(self, *, starter: Any = None) -> None:
-        starter = starter if starter is not None else _runtime
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # the server
@@ -137,6 +136,15 @@ class ForkServer:
 
 def _serve(sock: socket.socket, starter: Any) -> int:
     """The fork server's loop: one monitor per request until the engine goes away."""
+    # The monitor and the runtime are imported here, in the server, not by the engine
+    # (which never needs them): the import runs beside the engine's own work, and the
+    # monitors share these pages.
+    from engine import monitor
+
+    if starter is None:
+        from engine import runtime as starter
+    if hasattr(starter, "warm_up"):
+        starter.warm_up()  # the seccomp filter, built once for every monitor
     keep = sock.fileno()
     os.closerange(3, keep)  # hold none of the engine's files (locks, sockets)
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))

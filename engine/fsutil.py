@@ -83,7 +83,7 @@ def clean_staging(root: str) -> None:
         parts = name.rsplit("-", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             continue
-        if _pid_alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue
         remove_tree(os.path.join(base, name))
 
@@ -104,7 +104,8 @@ def remove_tree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=False)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (the owner of a staging name)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

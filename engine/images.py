@@ -96,16 +96,6 @@ def normalize_config(config: dict | None, base: dict | None = None) -> dict:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _image_id(config: dict, layers: list[str], parent: str | None) -> str:
     canon = json.dumps({"config": config, "layers": layers, "parent": parent}, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
@@ -434,7 +424,7 @@ class ImageStore:
                     parts = name.rsplit("-", 2)
                     if parts[0] != "rmi" or len(parts) != 3 or not parts[1].isdigit():
                         continue
-                    if _pid_alive(int(parts[1])):
+                    if fsutil.pid_alive(int(parts[1])):
                         continue
                     trash = os.path.join(base, name)
                     for rec_name in os.listdir(trash):

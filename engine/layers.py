@@ -22,7 +22,6 @@ from typing import BinaryIO
 
 from engine import fsutil
 from engine.errors import EngineError, InvalidArgument, NotFound
-from engine.tarlayer import apply_tar, diff_tar
 
 __all__ = ["LayerStore", "layer_hex"]
 
@@ -65,6 +64,8 @@ class LayerStore:
         try:
             diff = os.path.join(stage, "diff")
             os.mkdir(diff, 0o755)
+            from engine.tarlayer import apply_tar  # tarfile, gzip: only when importing
+
             diff_id, size = apply_tar(fileobj, diff, allow_devices=self.allow_devices)
             final = self._dir(diff_id)
             if self.exists(diff_id):
@@ -98,6 +99,8 @@ class LayerStore:
         def produce() -> None:
             with open(wfd, "wb", buffering=1 << 20) as out:
                 try:
+                    from engine.tarlayer import diff_tar
+
                     diff_tar(path, out)
                 except BrokenPipeError:
                     pass  # the reader failed; its error is the one to report
