@@ -117,7 +117,7 @@ class ContainerStore:
                         f"the container name \"/{name}\" is already in use by container "
                         f"{holder.id}; remove that container or choose another name")
                 config = dict(config, Id=cid, Name=name, Created=now_ns())
-                fsutil.write_json(os.path.join(stage, "config.json"), config)
+                fsutil.write_json(os.path.join(stage, "config.json"), config, sync=False)
                 failpoints.hit("create:staged")
                 os.rename(stage, os.path.join(self.base, cid))
         except BaseException:

@@ -188,7 +188,7 @@ class Engine:
         limits = Limits(memory=hc["Memory"] or None, cpus=(hc["NanoCpus"] / 1e9) or None,
                         pids=hc["PidsLimit"] or None)
         paths = cgroups.create(c.id, limits)
-        fsutil.write_json(c.path("cgroups.json"), paths)
+        fsutil.write_json(c.path("cgroups.json"), paths, sync=False)
         failpoints.hit("start:cgroups")
         spec.cgroups = paths
         on_exit = ("engine.engine:autoremove", [self.root, c.id]) if hc["AutoRemove"] else None

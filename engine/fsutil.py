@@ -20,13 +20,20 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Atomically replace ``path`` with ``obj`` as JSON (fsynced before the rename)."""
+def write_json(path: str, obj: Any, *, sync: bool = True) -> None:
+    """Atomically replace ``path`` with ``obj`` as JSON.
+
+    The rename makes it atomic against a killed process.  ``sync`` (fsync before the
+    rename, ~0.5 ms here) also makes it durable across a power loss: image records use
+    it; a container's run records, on the hot path of every start, do not (after a power
+    loss every container has stopped anyway).
+    """
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.rename(tmp, path)
 
 

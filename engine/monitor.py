@@ -322,7 +322,7 @@ class Monitor:
                 "oom_killed": self._oom_killed(),
                 "finished_at": time.time_ns(),
             }
-            write_json(os.path.join(self.dir, "exit.json"), self.exit_record)
+            write_json(os.path.join(self.dir, "exit.json"), self.exit_record, sync=False)
             record = json_frame(REP_EXIT, self.exit_record)
             for client in list(self.clients.values()):
                 if client.role in ("attach", "wait"):
@@ -695,7 +695,7 @@ def _run(spec: ContainerSpec, container_dir: str, open_stdin: bool,
         report(error_payload(exc))
         return 0
     started = {"monitor_pid": os.getpid(), "pid": init.pid, "started_at": time.time_ns()}
-    write_json(os.path.join(container_dir, "monitor.json"), started)
+    write_json(os.path.join(container_dir, "monitor.json"), started, sync=False)
     report(started)
     monitor.serve()
     listener.close()

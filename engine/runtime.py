@@ -8,9 +8,10 @@ The sequence, between the monitor (parent) and the child it forks::
       seccomp BPF, capability drops
     unshare(CLONE_NEWPID)
     pipe (close-on-exec)  ── fork ──────────▶ pid 1 of the new pid namespace
-                                              join cgroups; unshare mnt/uts/ipc[/net]
-                                              / rprivate; overlay; /proc /dev /sys; masks
-                                              pivot_root; hostname; lo up; user; caps;
+    write pid to each                         unshare mnt/uts/ipc[/net]
+      cgroup.procs                            / rprivate; overlay; /proc /dev /sys; masks
+      (meanwhile)                             pivot_root; hostname; lo up
+    go-ahead ───────────────────────────────▶ wait for it; user; caps;
                                               setsid; stdio; no_new_privs; seccomp
     read(pipe) ◀──── EOF at execve ────────── execve(argv)           (success)
                ◀──── "errno\\0kind\\0stage" ─ _exit(125|126|127)      (failure)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Any
 
 from engine import rootfs, security, syscalls
 from engine.errors import (
@@ -102,15 +104,8 @@ def start(spec: ContainerSpec, stdin: int, stdout: int, stderr: int) -> int:
                              "a container yet") from exc
     hostname = os.fsencode(spec.hostname)
     rootfs_b = os.fsencode(spec.rootfs)
-    r, w = _pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        _child(w, proc, stdin, stdout, stderr, lambda: _build_container(
-            flags, steps, rootfs_b, hostname, spec.network != "host"))
-    os.close(w)
-    _await_exec(pid, r, spec.process.args[0])
-    return pid
+    return _spawn(proc, stdin, stdout, stderr, lambda: _build_container(
+        flags, steps, rootfs_b, hostname, spec.network != "host"))
 
 
 def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
@@ -141,20 +136,45 @@ def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
         except OSError as exc:
             raise RuntimeFailure(f"enter container {spec.id} (pid {init_pid}): "
                                  f"{os.strerror(exc.errno or 0)}") from exc
-        r, w = _pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            _child(w, proc, stdin, stdout, stderr, lambda: _enter(fds))
-        os.close(w)
+        return _spawn(proc, stdin, stdout, stderr, lambda: _enter(fds))
     finally:
         for fd in fds:
             os.close(fd)
-    _await_exec(pid, r, process.args[0])
-    return pid
 
 
 # -- parent: wait for exec or a report -------------------------------------------------
+
+def _spawn(proc: _Process, stdin: int, stdout: int, stderr: int, setup: Any) -> int:
+    """Fork the child that runs ``setup`` then execs ``proc``; its PID once exec'd.
+
+    The parent moves the child into its cgroups while the child builds the container:
+    on cgroup v1 the first migration waits for an RCU grace period (5-10 ms here), time
+    the child spends mounting instead of waiting.  The child execs only after the
+    parent's go-ahead, so the command never runs outside its limits.
+    """
+    r, w = _pipe()
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.close(go_w)
+        _child(w, go_r, proc, stdin, stdout, stderr, setup)
+    os.close(w)
+    os.close(go_r)
+    try:
+        pid_b = b"%d" % pid
+        for procs in proc.cgroup_procs:
+            _write(procs, pid_b, "join cgroup")
+    except rootfs.StepFailed as exc:
+        os.close(go_w)  # the child sees EOF instead of the go-ahead and exits
+        os.close(r)
+        os.waitpid(pid, 0)
+        raise RuntimeFailure(f"{exc.stage}: {os.strerror(exc.errno)}") from None
+    os.write(go_w, b"g")
+    os.close(go_w)
+    _await_exec(pid, r, proc.argv[0].decode("utf-8", "replace"))
+    return pid
+
 
 def _pipe() -> tuple[int, int]:
     """The error pipe; its write end kept off 0-2, which the child overwrites with stdio."""
@@ -197,15 +217,17 @@ def _error(report: bytes, cmd: str) -> EngineError:
 
 # -- child ------------------------------------------------------------------------------
 
-def _child(w: int, proc: _Process, stdin: int, stdout: int, stderr: int, setup) -> None:
+def _child(w: int, go: int, proc: _Process, stdin: int, stdout: int, stderr: int,
+           setup: Any) -> None:
     """The child between fork and exec; never returns."""
     code = 125
     try:
         try:
             os.umask(0)
-            for procs in proc.cgroup_procs:
-                _write(procs, b"0", "join cgroup")
             setup()
+            if os.read(go, 1) != b"g":
+                return  # the parent could not put us in our cgroups; it reports that
+            os.close(go)
             _finish(proc, stdin, stdout, stderr)
         except rootfs.StepFailed as exc:
             _report(w, exc.errno, _SETUP, exc.stage)
