@@ -176,6 +176,7 @@ class Engine:
         if status == "dead":
             raise Conflict(f"container {c.short_id} is dead (its monitor was killed); "
                            "remove it with rm -f")
+        cgroups.prime()  # overlaps the kernel's slow first migration with our set-up
         if self._forker is None:
             if threading.active_count() > 1:
                 raise EngineError("this engine was not prepared to start containers "
