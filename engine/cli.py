@@ -20,16 +20,24 @@ _SPAWNING = {"run", "start", "restart"}
 
 
 class _State:
-    def __init__(self, root: str | None) -> None:
+    def __init__(self, root: str | None, spawn: bool) -> None:
         self.root = root
         self._client: Any = None
+        self.forker: Any = None
+        if spawn:
+            # Forked first thing: the server imports the runtime and the monitor while
+            # this process imports the engine (two cores, one wait).
+            from .forkserver import ForkServer
 
-    def client(self, spawn: bool = False) -> Any:
+            self.forker = ForkServer()
+
+    def client(self) -> Any:
         if self._client is None:
             from .client import embedded
 
             try:
-                self._client, _ = embedded(self.root, spawn=spawn)
+                self._client, _ = embedded(self.root, spawn=self.forker is not None,
+                                           forker=self.forker)
             except PermissionError as exc:
                 _die(f"cannot use the engine root {exc.filename}: {exc.strerror} "
                      "(run as root, or give --root)")
@@ -52,7 +60,7 @@ def _call(ctx: click.Context, verb: str, **args: Any) -> Any:
 
 def _client(ctx: click.Context) -> Any:
     st: _State = ctx.find_root().obj
-    return st.client(spawn=ctx.find_root().invoked_subcommand in _SPAWNING)
+    return st.client()
 
 
 def _print_json(value: Any) -> None:
@@ -115,7 +123,7 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context, root: str | None) -> None:
     """chanbox: containers driven over channels."""
-    ctx.obj = _State(root)
+    ctx.obj = _State(root, spawn=ctx.invoked_subcommand in _SPAWNING)
 
 
 # -- containers --------------------------------------------------------------------------

@@ -69,16 +69,17 @@ class Client:
         self.requests.close()
 
 
-def embedded(root: str | None = None, *, spawn: bool = True) -> tuple[Client, Any]:
+def embedded(root: str | None = None, *, spawn: bool = True,
+             forker: Any = None) -> tuple[Client, Any]:
     """An engine served in this process over an in-memory channel, and the engine.
 
     ``spawn`` forks the fork server first (before the service's threads start), so
-    the engine can start containers.
+    the engine can start containers; or pass a ``forker`` made earlier.
     """
     from .engine import Engine
     from .service import serve_in_thread
 
-    engine = Engine(root)
+    engine = Engine(root, forker=forker)
     if spawn:
         engine.prepare_spawn()
     tx, rx = chan.pipe()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +101,7 @@ class ContainerStore:
                     f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
                     "are allowed")
             name = name.lstrip("/")
-        cid = secrets.token_hex(32)
+        cid = os.urandom(32).hex()
         stage = fsutil.staging_dir(self.root, "create")
         try:
             for sub in ("upper", "work", "rootfs"):
@@ -195,9 +194,10 @@ class ContainerStore:
 
 def _fresh_name(taken: set[str]) -> str:
     while True:
-        name = f"{secrets.choice(_LEFT)}_{secrets.choice(_RIGHT)}"
+        a, b, c = os.urandom(3)
+        name = f"{_LEFT[a % len(_LEFT)]}_{_RIGHT[b % len(_RIGHT)]}"
         if name not in taken:
             return name
-        name += f"_{secrets.randbelow(1000)}"
+        name += f"_{c}"
         if name not in taken:
             return name

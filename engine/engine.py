@@ -8,8 +8,8 @@ runtime (monitors forked by :mod:`engine.forkserver`, cgroups).  It is what
 from __future__ import annotations
 
 import os
-import platform
 import signal as _signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -454,17 +454,17 @@ class Engine:
             "Images": len(self.images.list()), "Driver": "overlay2",
             "DockerRootDir": self.root, "CgroupDriver": cg.get("driver", "cgroupfs"),
             "CgroupVersion": cg.get("version"), "Cgroups": cg,
-            "KernelVersion": platform.release(), "OperatingSystem": _os_name(),
-            "OSType": "linux", "Architecture": platform.machine(),
-            "NCPU": os.cpu_count(), "MemTotal": _mem_total(), "Name": platform.node(),
+            "KernelVersion": os.uname().release, "OperatingSystem": _os_name(),
+            "OSType": "linux", "Architecture": os.uname().machine,
+            "NCPU": os.cpu_count(), "MemTotal": _mem_total(), "Name": os.uname().nodename,
             "Security": sec, "ServerVersion": VERSION,
         }
 
     def version(self) -> dict[str, Any]:
         """Versions of chanbox and of what it runs on."""
-        return {"Version": VERSION, "PythonVersion": platform.python_version(),
-                "Os": "linux", "Arch": platform.machine(),
-                "KernelVersion": platform.release()}
+        return {"Version": VERSION, "PythonVersion": sys.version.split()[0],
+                "Os": "linux", "Arch": os.uname().machine,
+                "KernelVersion": os.uname().release}
 
 
 def autoremove(root: str, container_id: str) -> None:

@@ -15,7 +15,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,6 +96,8 @@ def clean_staging(root: str) -> None:
 
 def remove_tree(path: str) -> None:
     """Remove a directory tree we made; a tree that is already gone is fine."""
+    import shutil  # ~4 ms to import: only the commands that remove pay for it
+
     try:
         shutil.rmtree(path)
     except FileNotFoundError:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import string
 import threading
 from typing import BinaryIO
 
@@ -25,7 +23,7 @@ from engine.errors import EngineError, InvalidArgument, NotFound
 
 __all__ = ["LayerStore", "layer_hex"]
 
-_LINK_ALPHABET = string.ascii_uppercase + string.digits
+_LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _LINK_LEN = 26
 
 
@@ -70,7 +68,8 @@ class LayerStore:
             final = self._dir(diff_id)
             if self.exists(diff_id):
                 return diff_id
-            short = "".join(secrets.choice(_LINK_ALPHABET) for _ in range(_LINK_LEN))
+            short = "".join(_LINK_ALPHABET[b % len(_LINK_ALPHABET)]
+                            for b in os.urandom(_LINK_LEN))
             with open(os.path.join(stage, "size"), "w") as f:
                 f.write(str(size))
             with open(os.path.join(stage, "link"), "w") as f:

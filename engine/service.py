@@ -27,7 +27,6 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,12 @@ import chan
 from .engine import Engine
 from .errors import EngineError, InvalidArgument
 
-log = logging.getLogger("chanbox.service")
+
+
+def _log() -> Any:
+    import logging  # ~6 ms to import; needed only when something goes wrong
+
+    return logging.getLogger("chanbox.service")
 
 Handler = Callable[[Engine, "_Args", Any], Any]
 VERBS: dict[str, Handler] = {}
@@ -74,7 +78,7 @@ def handle(engine: Engine, req: Any) -> None:
     """Answer one request; never raises (a request without ``ret`` is logged and dropped)."""
     ret = req.get("ret") if isinstance(req, dict) else None
     if not isinstance(ret, chan.Sender):
-        log.warning("dropped a request without a 'ret' Sender: %.200r", req)
+        _log().warning("dropped a request without a 'ret' Sender: %.200r", req)
         _close_ends(req)
         return
     try:
@@ -95,10 +99,10 @@ def handle(engine: Engine, req: Any) -> None:
         _fail(ret, exc)
     except chan.ChannelError as exc:
         # the client went away mid-answer: nothing to tell it
-        log.info("client of %r gone: %s", req.get("verb"), exc)
+        _log().info("client of %r gone: %s", req.get("verb"), exc)
         _abandon(ret)
     except Exception as exc:  # noqa: BLE001 -- the service must outlive a bug in a verb
-        log.exception("verb %r failed", req.get("verb"))
+        _log().exception("verb %r failed", req.get("verb"))
         err = EngineError(f"internal error in {req.get('verb')!r}: {exc!r}")
         _fail(ret, err)
 
