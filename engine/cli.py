@@ -218,6 +218,7 @@ def _follow(client: Any, cid: str, *, stdin: bool) -> int:
 
     if stdin:
         _forward_stdin(client, cid)
+    _proxy_signals(client, cid)
     out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     try:
         for entry in client.stream("log", id=cid, follow=True):
@@ -227,6 +228,29 @@ def _follow(client: Any, cid: str, *, stdin: bool) -> int:
         return client.call("wait", id=cid)["exit_code"]
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
+
+
+def _proxy_signals(client: Any, cid: str) -> None:
+    """^C and SIGTERM go to the container, as ``docker run``'s sig-proxy does; we
+    keep following until it exits."""
+    import signal
+    import threading
+
+    def forward(signum: int, frame: Any) -> None:
+        # a thread, not here: the main thread may be inside a channel call
+        threading.Thread(target=_kill_quietly, args=(client, cid, signum), daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+
+def _kill_quietly(client: Any, cid: str, signum: int) -> None:
+    from .errors import EngineError
+
+    try:
+        client.call("kill", id=cid, signal=signum)
+    except EngineError:
+        pass  # it has exited already
 
 
 def _forward_stdin(client: Any, cid: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 from typing import Any
 
 from engine import rootfs, security, syscalls
@@ -334,7 +335,23 @@ def _finish(proc: _Process, stdin: int, stdout: int, stderr: int) -> None:
         raise rootfs.StepFailed("apply capabilities, no_new_privs and seccomp",
                                 exc.errno or errno.EIO) from None
     os.umask(0o022)
+    _default_signals()
     _exec(proc.argv, env, proc.path)
+
+
+# Python ignores SIGPIPE, the monitor ignores SIGINT and SIGHUP, the fork server SIGCHLD:
+# ignored dispositions survive exec, and a shell cannot trap a signal ignored at entry.
+_CATCHABLE = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
+
+
+def _default_signals() -> None:
+    """Every signal back to its default and none blocked, as a fresh process expects."""
+    for sig in _CATCHABLE:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # a real-time signal libc keeps for itself
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _stdio(stdin: int, stdout: int, stderr: int) -> None:

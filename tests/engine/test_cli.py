@@ -113,3 +113,40 @@ def test_import_a_rootfs_tarball(image_root: str, tmp_path) -> None:
         assert out(p) == "from a tarball\n"
     finally:
         cli(image_root, "rmi", "cbx-imported:1")
+
+
+def test_interrupt_reaches_the_container(image_root: str) -> None:
+    import signal
+    import subprocess
+
+    from .conftest import CHANBOX
+
+    p = subprocess.Popen([CHANBOX, "--root", image_root, "run", "--rm", "busybox", "sh", "-c",
+                          "trap 'echo got INT; exit 130' INT; echo ready; "
+                          "while true; do sleep 0.1; done"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert (p.returncode, out) == (130, b"got INT\n"), err
+
+
+def test_logs_follow_and_attach_and_exec_interactive(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "-i", "busybox", "sh", "-c",
+                  "echo first; read line; echo second:$line; sleep 0.3")).strip()
+    try:
+        p = cli(image_root, "exec", "-i", cid, "tr", "a-z", "A-Z", input=b"quiet\n")
+        assert (p.returncode, out(p)) == (0, "QUIET\n")
+        p = cli(image_root, "attach", cid, input=b"hello\n")
+        assert p.returncode == 0 and "second:hello" in out(p)
+        p = cli(image_root, "logs", "-f", cid)
+        assert out(p) == "first\nsecond:hello\n"
+        p = cli(image_root, "logs", "--tail", "1", cid)
+        assert out(p) == "second:hello\n"
+    finally:
+        cli(image_root, "rm", "-f", cid)

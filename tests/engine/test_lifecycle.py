@@ -284,3 +284,12 @@ def test_auto_remove_after_exit(client: Client) -> None:
         time.sleep(0.02)
     else:
         pytest.fail("the --rm container was not removed after it exited")
+
+
+def test_signals_start_at_their_defaults(client: Client) -> None:
+    # nothing the engine's processes ignore (SIGPIPE, SIGINT, SIGHUP) leaks into the
+    # container: no signal ignored or blocked, and SIGPIPE ends a writer as usual
+    out = output(client, "sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status; "
+                 "yes | head -n 1")
+    assert "SigIgn:\t0000000000000000" in out and "SigBlk:\t0000000000000000" in out
+    assert out.rstrip().endswith("y")
