@@ -63,6 +63,13 @@ def _client(ctx: click.Context) -> Any:
     return st.client()
 
 
+def _each(ctx: click.Context, verb: str, containers: tuple[str, ...], **args: Any) -> None:
+    """Apply ``verb`` to each container in turn, printing each name as docker does."""
+    for c in containers:
+        _call(ctx, verb, id=c, **args)
+        click.echo(c)
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=4))
 
@@ -219,12 +226,9 @@ def _follow(client: Any, cid: str, *, stdin: bool) -> int:
     if stdin:
         _forward_stdin(client, cid)
     _proxy_signals(client, cid)
-    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     try:
         for entry in client.stream("log", id=cid, follow=True):
-            f = out.get(entry.get("stream"), sys.stdout.buffer)
-            f.write(entry["log"].encode("utf-8", "surrogateescape"))
-            f.flush()
+            _write_out(entry.get("stream", "stdout"), entry["log"].encode("utf-8", "surrogateescape"))
         return client.call("wait", id=cid)["exit_code"]
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
@@ -234,11 +238,10 @@ def _proxy_signals(client: Any, cid: str) -> None:
     """^C and SIGTERM go to the container, as ``docker run``'s sig-proxy does; we
     keep following until it exits."""
     import signal
-    import threading
 
     def forward(signum: int, frame: Any) -> None:
         # a thread, not here: the main thread may be inside a channel call
-        threading.Thread(target=_kill_quietly, args=(client, cid, signum), daemon=True).start()
+        _background(_kill_quietly, client, cid, signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -254,26 +257,28 @@ def _kill_quietly(client: Any, cid: str, signum: int) -> None:
 
 
 def _forward_stdin(client: Any, cid: str) -> None:
-    import threading
-
-    def pump() -> None:
+    """Copy our stdin to the container's (``run -i``), in the background."""
+    def attach_and_pump() -> None:
         replies = client.stream("attach", id=cid, stdin=True, stdout=False, stderr=False)
-        try:
-            first = next(replies)
-            stream = first["stdin"]
-            fd = sys.stdin.fileno()
-            while True:
-                data = os.read(fd, 65536)
-                if not data:
-                    break
-                stream.write(data)
-            stream.close()
-            for _ in replies:
-                pass
-        except Exception:  # noqa: BLE001 -- stdin forwarding ends quietly with the container
+        _pump_stdin(next(replies)["stdin"])
+        for _ in replies:
             pass
 
-    threading.Thread(target=pump, daemon=True, name="chanbox-stdin").start()
+    _background(_quietly(attach_and_pump))
+
+
+def _pump_stdin(stream: Any) -> None:
+    """Copy our stdin into a chan byte stream until EOF, then close it."""
+    fd = sys.stdin.fileno()
+    while data := os.read(fd, 65536):
+        stream.write(data)
+    stream.close()
+
+
+def _background(fn: Any, *args: Any) -> None:
+    import threading
+
+    threading.Thread(target=fn, args=args, daemon=True).start()
 
 
 @main.command()
@@ -296,9 +301,7 @@ def start(ctx: click.Context, containers: tuple[str, ...], attach: bool) -> None
 @click.pass_context
 def stop(ctx: click.Context, containers: tuple[str, ...], timeout: float) -> None:
     """Stop containers: SIGTERM, then SIGKILL after the grace time."""
-    for c in containers:
-        _call(ctx, "stop", id=c, timeout=timeout)
-        click.echo(c)
+    _each(ctx, "stop", containers, timeout=timeout)
 
 
 @main.command()
@@ -319,9 +322,7 @@ def restart(ctx: click.Context, containers: tuple[str, ...], timeout: float) -> 
 @click.pass_context
 def kill(ctx: click.Context, containers: tuple[str, ...], sig: str) -> None:
     """Send a signal to containers."""
-    for c in containers:
-        _call(ctx, "kill", id=c, signal=sig)
-        click.echo(c)
+    _each(ctx, "kill", containers, signal=sig)
 
 
 @main.command()
@@ -339,9 +340,7 @@ def wait(ctx: click.Context, containers: tuple[str, ...]) -> None:
 @click.pass_context
 def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
     """Remove containers."""
-    for c in containers:
-        _call(ctx, "rm", id=c, force=force)
-        click.echo(c)
+    _each(ctx, "rm", containers, force=force)
 
 
 @main.command()
@@ -349,9 +348,7 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
 @click.pass_context
 def pause(ctx: click.Context, containers: tuple[str, ...]) -> None:
     """Freeze all processes of containers."""
-    for c in containers:
-        _call(ctx, "pause", id=c)
-        click.echo(c)
+    _each(ctx, "pause", containers)
 
 
 @main.command()
@@ -359,9 +356,7 @@ def pause(ctx: click.Context, containers: tuple[str, ...]) -> None:
 @click.pass_context
 def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
     """Thaw paused containers."""
-    for c in containers:
-        _call(ctx, "unpause", id=c)
-        click.echo(c)
+    _each(ctx, "unpause", containers)
 
 
 @main.command()
@@ -423,50 +418,44 @@ def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps
     from .errors import EngineError
 
     n = None if tail == "all" else int(tail)
-    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     try:
         for entry in _client(ctx).stream("log", id=container, follow=follow, tail=n):
-            f = out.get(entry.get("stream"), sys.stdout.buffer)
             line = entry["log"].encode("utf-8", "surrogateescape")
             if timestamps:
                 line = entry.get("time", "").encode() + b" " + line
-            f.write(line)
-            f.flush()
+            _write_out(entry.get("stream", "stdout"), line)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
 
 
 def _run_attachment(replies: Any, stdin: bool) -> int:
     """Print an attach/exec answer's output, feed it our stdin; the exit code."""
-    import threading
-
     first = next(replies)
     if stdin and first.get("stdin") is not None:
-        stream = first["stdin"]
-
-        def pump() -> None:
-            try:
-                fd = sys.stdin.fileno()
-                while True:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        break
-                    stream.write(data)
-                stream.close()
-            except Exception:  # noqa: BLE001 -- ends with the process
-                pass
-
-        threading.Thread(target=pump, daemon=True).start()
-    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        _background(_quietly(_pump_stdin), first["stdin"])
     code = 0
     for msg in replies:
         if "data" in msg:
-            f = out.get(msg["stream"], sys.stdout.buffer)
-            f.write(msg["data"])
-            f.flush()
+            _write_out(msg["stream"], msg["data"])
         elif "exit_code" in msg:
             code = msg["exit_code"]
     return code
+
+
+def _quietly(fn: Any) -> Any:
+    def run(*args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 -- stdin forwarding ends quietly with the process
+            pass
+    return run
+
+
+def _write_out(stream: str, data: bytes) -> None:
+    """Write a container's output to our stdout or stderr, as it came."""
+    f = sys.stderr.buffer if stream == "stderr" else sys.stdout.buffer
+    f.write(data)
+    f.flush()
 
 
 @main.command()
