@@ -150,3 +150,17 @@ def test_logs_follow_and_attach_and_exec_interactive(image_root: str) -> None:
         assert out(p) == "second:hello\n"
     finally:
         cli(image_root, "rm", "-f", cid)
+
+
+def test_commands_import_nothing_heavy_they_do_not_use(image_root: str) -> None:
+    # start-up is part of the product: the embedded engine never needs ZeroMQ or netlink
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom engine.cli import main\n"
+            "try:\n    main(['--root', sys.argv[1], 'images', '-q'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('zmq', 'pyroute2', 'msgpack', 'tarfile') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code, image_root], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().splitlines()[-1] == "[]"
