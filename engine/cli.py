@@ -20,11 +20,16 @@ _SPAWNING = {"run", "start", "restart"}
 
 
 class _State:
-    def __init__(self, root: str | None, spawn: bool) -> None:
+    def __init__(self, root: str | None, host: str | None, key: str | None,
+                 server_key: str | None, spawn: bool, local: bool = False) -> None:
         self.root = root
+        self.key, self.server_key = key, server_key
         self._client: Any = None
         self.forker: Any = None
-        if spawn:
+        self.host = host
+        if host is None and root is None and not local:
+            self.host = _default_daemon()
+        if spawn and self.host is None:
             # Forked first thing: the server imports the runtime and the monitor while
             # this process imports the engine (two cores, one wait).
             from .forkserver import ForkServer
@@ -32,6 +37,15 @@ class _State:
             self.forker = ForkServer()
 
     def client(self) -> Any:
+        if self._client is None and self.host is not None:
+            from .client import connect
+            from .errors import EngineError
+
+            try:
+                self._client = connect(self.host, key_file=self.key,
+                                       server_key_file=self.server_key)
+            except EngineError as exc:
+                _die(str(exc), exc.exit_status)
         if self._client is None:
             from .client import embedded
 
@@ -42,6 +56,14 @@ class _State:
                 _die(f"cannot use the engine root {exc.filename}: {exc.strerror} "
                      "(run as root, or give --root)")
         return self._client
+
+
+def _default_daemon() -> str | None:
+    """The default daemon's endpoint when one answers there (else: the embedded engine)."""
+    from .daemon import DEFAULT_ENDPOINT, DEFAULT_SOCKET, answers
+
+    return DEFAULT_ENDPOINT if os.path.exists(DEFAULT_SOCKET) and answers(DEFAULT_SOCKET) \
+        else None
 
 
 def _die(msg: str, code: int = 125) -> NoReturn:
@@ -126,11 +148,23 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.option("--root", envvar="CHANBOX_ROOT", type=click.Path(file_okay=False),
-              help="Engine root (default $CHANBOX_ROOT or /var/lib/chanbox).")
+              help="Engine root for the embedded engine and the daemon "
+                   "(default $CHANBOX_ROOT or /var/lib/chanbox).")
+@click.option("-H", "--host", envvar="CHANBOX_HOST", default=None,
+              help="A daemon's endpoint (ipc://PATH, tcp://HOST:PORT). Default: the "
+                   "daemon at ipc:///run/chanbox/engine.sock if one answers and no --root "
+                   "is given, else the engine embedded in this process.")
+@click.option("--key", envvar="CHANBOX_KEY", default=None,
+              help="This client's CurveZMQ key pair file (tcp:// daemons).")
+@click.option("--server-key", envvar="CHANBOX_SERVER_KEY", default=None,
+              help="The daemon's public key file (tcp:// daemons).")
 @click.pass_context
-def main(ctx: click.Context, root: str | None) -> None:
+def main(ctx: click.Context, root: str | None, host: str | None, key: str | None,
+         server_key: str | None) -> None:
     """chanbox: containers driven over channels."""
-    ctx.obj = _State(root, spawn=ctx.invoked_subcommand in _SPAWNING)
+    local = ctx.invoked_subcommand in ("daemon", "keys")
+    ctx.obj = _State(root, None if local else host, key, server_key,
+                     spawn=ctx.invoked_subcommand in _SPAWNING, local=local)
 
 
 # -- containers --------------------------------------------------------------------------
@@ -638,3 +672,77 @@ def version(ctx: click.Context, fmt: str) -> None:
     else:
         for k, val in v.items():
             click.echo(f"{k}: {val}")
+
+
+# -- events, the daemon, keys ------------------------------------------------------------
+
+@main.command()
+@click.option("--since", type=int, default=None,
+              help="Replay every event after this sequence number the journal still holds.")
+@click.option("-f", "--filter", "filters", multiple=True,
+              help="type=, event=, container=, image=, label=KEY[=VALUE] (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--no-follow", is_flag=True, help="Print what the journal holds and stop.")
+@click.pass_context
+def events(ctx: click.Context, since: int | None, filters: tuple[str, ...], fmt: str,
+           no_follow: bool) -> None:
+    """Stream the engine's lifecycle events (until interrupted)."""
+    from .errors import EngineError
+
+    try:
+        for ev in _client(ctx).stream("watch", since=since, filters=list(filters),
+                                      follow=not no_follow):
+            if fmt == "json":
+                click.echo(json.dumps(ev))
+            else:
+                from .containers import rfc3339
+
+                attrs = ", ".join(f"{k}={v}" for k, v in sorted(ev["attributes"].items()))
+                click.echo(f"{rfc3339(ev['time'])} #{ev['seq']} {ev['type']} {ev['action']} "
+                           f"{ev['id']}" + (f" ({attrs})" if attrs else ""))
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("-l", "--listen", "endpoints", multiple=True,
+              help="Endpoint to serve (repeatable): ipc://PATH or tcp://HOST:PORT. "
+                   "Default: ipc:///run/chanbox/engine.sock.")
+@click.option("--key", "key_file", default=None,
+              help="The daemon's CurveZMQ key pair file (needed for tcp://).")
+@click.option("--allow", "allow_dir", default=None,
+              help="Directory of the .pub files of the clients allowed over tcp://.")
+@click.option("--insecure", is_flag=True, help="Allow plain-text tcp:// with no keys.")
+@click.pass_context
+def daemon(ctx: click.Context, endpoints: tuple[str, ...], key_file: str | None,
+           allow_dir: str | None, insecure: bool) -> None:
+    """Serve the engine's verbs to other processes and hosts."""
+    from . import daemon as daemon_
+    from .errors import EngineError
+
+    try:
+        sys.exit(daemon_.run(ctx.obj.root, list(endpoints) or [daemon_.DEFAULT_ENDPOINT],
+                             key_file=key_file, allow_dir=allow_dir, insecure=insecure))
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+
+
+@main.group()
+def keys() -> None:
+    """CurveZMQ keys for tcp:// daemons and their clients."""
+
+
+@keys.command()
+@click.argument("name")
+def generate(name: str) -> None:
+    """Write a key pair: NAME.key (secret, 0600) and NAME.pub (to hand out)."""
+    from . import keys as keys_
+    from .errors import EngineError
+
+    try:
+        for path in keys_.generate(name):
+            click.echo(path)
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)

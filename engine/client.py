@@ -32,6 +32,7 @@ class Client:
 
     def __init__(self, requests: chan.Sender) -> None:
         self.requests = requests
+        self.session: Any = None
 
     def _send(self, verb: str, args: dict[str, Any]) -> chan.Receiver:
         ret_tx, ret_rx = chan.pipe()
@@ -65,8 +66,35 @@ class Client:
             rx.close()
 
     def close(self) -> None:
-        """Close the request channel (an embedded engine's service then stops)."""
+        """Close the request channel (an embedded engine's service then stops) and the
+        session to a daemon, if this client has one."""
         self.requests.close()
+        if self.session is not None:
+            self.session.close()
+
+
+def connect(endpoint: str, *, key_file: str | None = None,
+            server_key_file: str | None = None, timeout: float = 3.0) -> Client:
+    """A client of the daemon at ``endpoint`` (``ipc://``, ``tcp://``; CurveZMQ when
+    given this client's key pair file and the daemon's public key file)."""
+    curve = server_key = None
+    if key_file or server_key_file:
+        from . import keys
+
+        if not (key_file and server_key_file):
+            raise errors.InvalidArgument("CurveZMQ needs both this client's key pair "
+                                         "(--key) and the daemon's public key (--server-key)")
+        curve, server_key = keys.load_pair(key_file), keys.load_public(server_key_file)
+    try:
+        session = chan.connect(endpoint, curve=curve, server_key=server_key, timeout=timeout)
+    except chan.SessionLost as exc:
+        raise errors.NotRunning(f"no chanbox daemon answers at {endpoint} ({exc}); start "
+                                "one with: chanbox daemon") from None
+    except ValueError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
+    client = Client(session.open())
+    client.session = session
+    return client
 
 
 def embedded(root: str | None = None, *, spawn: bool = True,

@@ -49,6 +49,7 @@ class Engine:
         self.containers = ContainerStore(self.root)
         self._forker: Any = forker
         self._own_forker = forker is None
+        self._journal: Any = None
         fsutil.clean_staging(self.root)
 
     # -- set-up ----------------------------------------------------------------------
@@ -67,6 +68,33 @@ class Engine:
         if self._forker is not None and self._own_forker:
             self._forker.close()
         self._forker = None
+
+    @property
+    def journal(self) -> Any:
+        """The event journal (:class:`engine.events.Journal`), opened on first use."""
+        if self._journal is None:
+            from .events import Journal
+
+            self._journal = Journal(self.root)
+        return self._journal
+
+    def _emit(self, type: str, action: str, id: str, name: str, image: str,
+              attributes: dict[str, str]) -> None:
+        # the operation has happened: a journal that cannot be written (disk full) is
+        # reported, and must not turn a done operation into a failed one
+        try:
+            self.journal.emit(type, action, id, name=name, image=image, attributes=attributes)
+        except OSError as exc:
+            print(f"chanbox: could not record the event {type} {action} {id[:12]}: {exc}",
+                  file=sys.stderr)
+
+    def _container_event(self, action: str, c: Container, **attributes: str) -> None:
+        cfg = c.config["Config"]
+        self._emit("container", action, c.id, c.name, cfg["Image"],
+                   {**cfg["Labels"], "name": c.name, "image": cfg["Image"], **attributes})
+
+    def _image_event(self, action: str, image_id: str, name: str = "") -> None:
+        self._emit("image", action, _sha(image_id), name, "", {"name": name} if name else {})
 
     def recover(self) -> None:
         """Repair what a killed engine process left: staging dirs, half-made layers."""
@@ -92,13 +120,17 @@ class Engine:
         """Import a rootfs directory or tarball as a base image; its id."""
         if not os.path.exists(path):
             raise NotFound(f"no such file or directory: {path}")
-        return self.images.import_path(path, ref, config=changes, comment=comment).id
+        image_id = self.images.import_path(path, ref, config=changes, comment=comment).id
+        self._image_event("import", image_id, ref or "")
+        return image_id
 
     def bootstrap(self, ref: str = "busybox:latest", busybox: str = "/bin/busybox") -> str:
         """Make a busybox base image from the host's static busybox (no network)."""
         from .busybox import import_busybox
 
-        return import_busybox(self.images, ref, busybox=busybox).id
+        image_id = import_busybox(self.images, ref, busybox=busybox).id
+        self._image_event("import", image_id, ref)
+        return image_id
 
     def history(self, ref: str) -> list[dict[str, Any]]:
         """One entry per layer of the image, newest first."""
@@ -107,13 +139,21 @@ class Engine:
     def tag(self, source: str, ref: str) -> None:
         """Give the image ``source`` the name ``ref``."""
         self.images.tag(source, ref)
+        self._image_event("tag", self.images.get(ref).id, ref)
 
     def rmi(self, ref: str, *, force: bool = False) -> list[str]:
         """Untag or delete an image (Docker's ``rmi``); refused while a container uses it."""
         def users(image_id: str) -> list[str]:
             return [c.id for c in self.containers.list() if c.config["Image"] == image_id]
 
-        return self.images.remove(ref, force=force, in_use_by=users)
+        lines = self.images.remove(ref, force=force, in_use_by=users)
+        for line in lines:
+            what, _, name = line.partition(": ")
+            if what == "Untagged":
+                self._image_event("untag", "", name)
+            elif what == "Deleted":
+                self._image_event("delete", name)
+        return lines
 
     # -- containers: making ------------------------------------------------------------
 
@@ -160,7 +200,9 @@ class Engine:
                 "Privileged": privileged, "AutoRemove": auto_remove,
             },
         }
-        return self.containers.create(config, name).id
+        c = self.containers.create(config, name)
+        self._container_event("create", c)
+        return c.id
 
     def start(self, ref: str) -> None:
         """Start a created or stopped container; returns once its command has exec'd.
@@ -197,6 +239,7 @@ class Engine:
             self._forker.spawn(spec, c.dir, open_stdin=c.config["Config"]["OpenStdin"],
                                on_exit=on_exit)
             failpoints.hit("start:spawned")
+            self._container_event("start", c)
         except EngineError as exc:
             cgroups.remove(paths)
             fsutil.write_json(c.path("exit.json"), {
@@ -291,7 +334,9 @@ class Engine:
     def kill(self, ref: str, signal: str | int = "KILL") -> None:
         """Send ``signal`` (a name like ``TERM``/``SIGTERM`` or a number) to the container."""
         c = self._running(ref)
-        monitor_client.signal(c.id, parse_signal(signal))
+        signum = parse_signal(signal)
+        monitor_client.signal(c.id, signum)
+        self._container_event("kill", c, signal=str(signum))
 
     def stop(self, ref: str, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit code."""
@@ -363,6 +408,7 @@ class Engine:
         cgroups.remove(c.cgroups)  # also kills what a dead monitor left running
         failpoints.hit("rm:cgroups")
         self.containers.delete(c)
+        self._container_event("destroy", c)
 
     def pause(self, ref: str) -> None:
         """Freeze every process of the container (cgroup freezer)."""
@@ -370,6 +416,7 @@ class Engine:
         if cgroups.is_frozen(c.cgroups):
             raise Conflict(f"container {c.short_id} is already paused")
         cgroups.freeze(c.cgroups)
+        self._container_event("pause", c)
 
     def unpause(self, ref: str) -> None:
         """Thaw a paused container."""
@@ -377,6 +424,7 @@ class Engine:
         if not cgroups.is_frozen(c.cgroups):
             raise Conflict(f"container {c.short_id} is not paused")
         cgroups.thaw(c.cgroups)
+        self._container_event("unpause", c)
 
     def commit(self, ref: str, repo_tag: str | None = None, *, comment: str = "",
                author: str = "", changes: dict | None = None, pause: bool = True) -> str:
@@ -401,6 +449,7 @@ class Engine:
         finally:
             if frozen:
                 cgroups.thaw(c.cgroups)
+        self._container_event("commit", c, imageID=_sha(img.id))
         return img.id
 
     # -- containers: I/O ---------------------------------------------------------------
@@ -469,15 +518,15 @@ class Engine:
 
 def autoremove(root: str, container_id: str) -> None:
     """Remove a ``--rm`` container once it has exited (called by its monitor)."""
-    eng = Engine.__new__(Engine)
+    eng = Engine.__new__(Engine)  # only the parts removal needs: no image store, no gc
     eng.root = root
     eng.containers = ContainerStore(root)
+    eng._journal = None
     try:
         c = eng.containers.get(container_id)
     except NotFound:
         return
-    cgroups.remove(c.cgroups)
-    eng.containers.delete(c)
+    eng._delete(c)
 
 
 def parse_signal(sig: str | int) -> int:

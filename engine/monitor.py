@@ -28,7 +28,8 @@ import traceback
 from typing import Any
 
 from engine import errors
-from engine.fsutil import write_json
+from engine.events import Journal
+from engine.fsutil import read_json, write_json
 from engine.monitor_client import (HEADER, MAX_PAYLOAD, REP_ERROR, REP_EXIT, REP_OK,
                                    REP_STATUS, REP_STDERR, REP_STDOUT, REQ_ATTACH, REQ_EXEC,
                                    REQ_RESIZE, REQ_SIGNAL, REQ_STATUS, REQ_STDIN, REQ_WAIT,
@@ -323,6 +324,7 @@ class Monitor:
                 "finished_at": time.time_ns(),
             }
             write_json(os.path.join(self.dir, "exit.json"), self.exit_record, sync=False)
+            self._emit_exit_events(self.exit_record)  # before waiters learn of the exit
             record = json_frame(REP_EXIT, self.exit_record)
             for client in list(self.clients.values()):
                 if client.role in ("attach", "wait"):
@@ -334,6 +336,30 @@ class Monitor:
                 if client.proc is proc:
                     client.proc = None
                     self._finish(client, record)
+
+    def _emit_exit_events(self, record: dict[str, Any]) -> None:
+        """Journal the container's ``oom`` (when OOM-killed) and ``die`` events.
+
+        Only the monitor sees a container exit by itself.  The exit is recorded already;
+        a failure here leaves a line in ``monitor.err`` and the monitor goes on.
+        """
+        try:
+            config = read_json(os.path.join(self.dir, "config.json"), {})
+            cfg = config.get("Config") or {}
+            name, image = config.get("Name", ""), cfg.get("Image", "")
+            attrs = {**(cfg.get("Labels") or {}), "name": name, "image": image}
+            journal = Journal(os.path.dirname(os.path.dirname(os.path.abspath(self.dir))))
+            if record["oom_killed"]:
+                journal.emit("container", "oom", self.spec.id, name=name, image=image,
+                             attributes=attrs)
+            journal.emit("container", "die", self.spec.id, name=name, image=image,
+                         attributes={"exitCode": str(record["exit_code"]), **attrs})
+        except Exception as exc:  # noqa: BLE001 - events must never cost the monitor
+            try:
+                with open(os.path.join(self.dir, "monitor.err"), "a") as f:
+                    f.write(f"journaling the exit events failed: {exc!r}\n")
+            except OSError:
+                pass
 
     def _oom_killed(self) -> bool:
         if _oom_killed is None:

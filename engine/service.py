@@ -22,6 +22,9 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
   -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host).
+- events: ``watch`` (since, filters, follow) -> stream of events
+  ``{"seq", "type", "action", "id", "name", "image", "time", "attributes"}``; without
+  ``since`` from now on; with it, every event after that number the journal still holds.
 - host: ``info``, ``version``.
 """
 
@@ -60,10 +63,14 @@ STREAMED = object()
 
 
 def serve(engine: Engine, requests: chan.Receiver) -> None:
-    """Answer every request that arrives on ``requests`` until it is closed."""
-    for req in requests:
-        threading.Thread(target=handle, args=(engine, req), daemon=True,
-                         name="chanbox-verb").start()
+    """Answer every request that arrives on ``requests`` until it is closed (or its
+    client goes away: the requests already running finish on their own)."""
+    try:
+        for req in requests:
+            threading.Thread(target=handle, args=(engine, req), daemon=True,
+                             name="chanbox-verb").start()
+    except chan.ChannelError as exc:
+        _log().info("client gone: %s", exc)
 
 
 def serve_in_thread(engine: Engine, requests: chan.Receiver) -> threading.Thread:
@@ -358,6 +365,29 @@ def _v_import(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("bootstrap")
 def _v_bootstrap(engine: Engine, a: _Args, ret: Any) -> Any:
     return {"id": engine.bootstrap(a.get("ref", str, "busybox:latest"))}
+
+
+# -- events ------------------------------------------------------------------------------
+
+@verb("watch")
+def _v_watch(engine: Engine, a: _Args, ret: Any) -> Any:
+    from .events import parse_filters
+
+    filters = parse_filters(a.strings("filters", []))
+    since = a.get("since", int)
+    if since is None:
+        since = engine.journal.last_seq()  # like docker events: from now on
+    if a.get("follow", bool, True):
+        stop = threading.Event()
+        try:
+            for event in engine.journal.follow(since, filters, stop=stop):
+                ret.send(event)
+        finally:
+            stop.set()
+    else:
+        for event in engine.journal.read(since, filters):
+            ret.send(event)
+    return STREAMED
 
 
 # -- host --------------------------------------------------------------------------------

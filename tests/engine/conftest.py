@@ -41,6 +41,19 @@ def image_root() -> Iterator[str]:
     root = tempfile.mkdtemp(prefix="cbx-root-")
     Engine(root, forker=FORKER).bootstrap("busybox:latest")
     yield root
+    remove_root(root)
+
+
+def remove_root(root: str) -> None:
+    """Remove every container of ``root`` (the CLI tests' too), then the root itself."""
+    from engine.engine import Engine
+
+    eng = Engine(root, forker=FORKER)
+    for c in eng.containers.list():
+        try:
+            eng.rm(c.id, force=True)
+        except Exception as exc:  # noqa: BLE001 -- report, then go on cleaning
+            print(f"cleanup of container {c.id[:12]} failed: {exc!r}", file=sys.stderr)
     fsutil.remove_tree(root)
 
 
@@ -65,15 +78,7 @@ def empty_root() -> Iterator[str]:
     """A fresh engine root of its own (removed afterwards)."""
     root = tempfile.mkdtemp(prefix="cbx-root-")
     yield root
-    from engine.engine import Engine
-
-    eng = Engine(root, forker=FORKER)
-    for c in eng.containers.list():
-        try:
-            eng.rm(c.id, force=True)
-        except Exception as exc:  # noqa: BLE001
-            print(f"cleanup of container {c.id[:12]} failed: {exc!r}", file=sys.stderr)
-    fsutil.remove_tree(root)
+    remove_root(root)
 
 
 @pytest.fixture

@@ -1,0 +1,311 @@
+"""The daemon: the engine's verbs for other processes, live restore, who may connect.
+
+Each test starts the real ``chanbox daemon`` as a process on its own ipc socket (never
+the host's default one) and drives it with the real CLI (``-H``) or a chan client.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import chan
+import pytest
+
+from engine import fsutil
+from engine.client import Client, connect
+from engine.errors import NotRunning
+
+from .conftest import CHANBOX, FORKER, needs_root, remove_root
+
+pytestmark = needs_root
+
+
+class DaemonProc:
+    """A ``chanbox daemon`` process on ``root``, serving ``endpoint``."""
+
+    def __init__(self, root: str, sock_dir: str, *extra: str) -> None:
+        self.root = root
+        self.path = os.path.join(sock_dir, "engine.sock")
+        self.endpoint = "ipc://" + self.path
+        self.log = os.path.join(sock_dir, f"daemon-{time.monotonic_ns()}.log")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [CHANBOX, "--root", root, "daemon", "--listen", self.endpoint, *extra],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while "serving root" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the daemon did not start: {self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        with open(self.log) as f:
+            return f.read()
+
+    def cli(self, *args: str, input: bytes | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([CHANBOX, "-H", self.endpoint, *args], input=input,
+                              capture_output=True, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def daemon_root() -> Iterator[str]:
+    from engine.engine import Engine
+
+    root = tempfile.mkdtemp(prefix="cbx-droot-")
+    Engine(root, forker=FORKER).bootstrap("busybox:latest")
+    yield root
+    remove_root(root)
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="cbx-sock-")
+    yield d
+    fsutil.remove_tree(d)
+
+
+@pytest.fixture
+def daemon(daemon_root: str, sock_dir: str) -> Iterator[DaemonProc]:
+    d = DaemonProc(daemon_root, sock_dir)
+    yield d
+    d.stop()
+
+
+def out(p: subprocess.CompletedProcess) -> str:
+    return p.stdout.decode()
+
+
+def test_run_through_the_daemon(daemon: DaemonProc) -> None:
+    p = daemon.cli("run", "--rm", "busybox", "sh", "-c", "echo via daemon; echo e >&2; exit 4")
+    assert (p.returncode, out(p), p.stderr.decode()) == (4, "via daemon\n", "e\n")
+    p = daemon.cli("run", "--rm", "-i", "busybox", "tr", "a-z", "A-Z", input=b"piped\n")
+    assert (p.returncode, out(p)) == (0, "PIPED\n")
+    p = daemon.cli("run", "--rm", "cbx-nosuch", "true")
+    assert p.returncode == 125 and "no such image: cbx-nosuch" in p.stderr.decode()
+
+
+def test_socket_is_0660(daemon: DaemonProc) -> None:
+    mode = os.stat(daemon.path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+
+
+def test_a_second_daemon_on_the_same_root_is_refused(daemon: DaemonProc, sock_dir: str) -> None:
+    p = subprocess.run([CHANBOX, "--root", daemon.root, "daemon", "--listen",
+                        f"ipc://{sock_dir}/other.sock"], capture_output=True, timeout=30)
+    assert p.returncode == 125
+    assert f"another chanbox daemon (pid {daemon.proc.pid})" in p.stderr.decode()
+    assert daemon.cli("ps").returncode == 0  # the first one is untouched
+
+
+def test_a_busy_socket_is_refused(daemon: DaemonProc, tmp_path) -> None:
+    root = tempfile.mkdtemp(prefix="cbx-root-")
+    try:
+        p = subprocess.run([CHANBOX, "--root", root, "daemon", "--listen", daemon.endpoint],
+                           capture_output=True, timeout=30)
+        assert p.returncode == 125 and "already listens" in p.stderr.decode()
+    finally:
+        fsutil.remove_tree(root)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_containers_outlive_the_daemon_and_a_new_one_picks_them_up(
+        daemon_root: str, sock_dir: str, sig: int) -> None:
+    d = DaemonProc(daemon_root, sock_dir)
+    p = d.cli("run", "-d", "-i", "busybox", "sh", "-c",
+              "echo before; read x; echo got:$x; sleep 30")
+    cid = out(p).strip()
+    assert p.returncode == 0, p.stderr
+    try:
+        pid = _running_pid(d, cid)
+        assert d.stop(sig) in (0, -signal.SIGKILL)
+        assert os.path.exists(f"/proc/{pid}")  # the container runs on without a daemon
+        d = DaemonProc(daemon_root, sock_dir)  # the same socket path again
+        assert _running_pid(d, cid) == pid
+        assert out(d.cli("logs", cid)) == "before\n"
+        assert d.cli("exec", cid, "true").returncode == 0
+        # its stdin is still attachable through the new daemon
+        client = connect(d.endpoint)
+        try:
+            replies = client.stream("attach", id=cid, stdin=True)
+            stream = next(replies)["stdin"]
+            stream.write(b"again\n")
+            stream.close()
+            deadline = time.monotonic() + 10
+            while "got:again" not in out(d.cli("logs", cid)):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            d.cli("kill", cid)
+            assert out(d.cli("wait", cid)).strip() == "137"
+            assert list(replies)[-1]["exit_code"] == 137
+        finally:
+            client.close()
+    finally:
+        d.cli("rm", "-f", cid)
+        d.stop()
+
+
+def _running_pid(d: DaemonProc, cid: str) -> int:
+    import json
+
+    info = json.loads(out(d.cli("inspect", cid)))[0]
+    assert info["State"]["Running"] is True, info["State"]
+    return info["State"]["Pid"]
+
+
+def test_tcp_needs_keys_or_an_explicit_insecure(daemon_root: str, sock_dir: str) -> None:
+    p = subprocess.run([CHANBOX, "--root", daemon_root, "daemon", "--listen",
+                        "tcp://127.0.0.1:0"], capture_output=True, timeout=30)
+    assert p.returncode == 125 and "--insecure" in p.stderr.decode()
+    d = DaemonProc(daemon_root, sock_dir, "--listen", "tcp://127.0.0.1:0", "--insecure")
+    try:
+        assert "WARNING" in d.output() and "plain text" in d.output()
+        tcp = [line.split()[-1] for line in d.output().splitlines()
+               if "listening on tcp://" in line][0]
+        p = subprocess.run([CHANBOX, "-H", tcp, "version"], capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+    finally:
+        d.stop()
+
+
+def test_curve_lets_allowed_clients_in_and_no_one_else(daemon_root: str, sock_dir: str,
+                                                       tmp_path) -> None:
+    from engine import keys
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server_key, server_pub = keys.generate(str(tmp_path / "server"))
+    good_key, good_pub = keys.generate(str(tmp_path / "good"))
+    bad_key, _ = keys.generate(str(tmp_path / "bad"))
+    os.rename(good_pub, allowed / "good.pub")
+    assert stat.S_IMODE(os.stat(server_key).st_mode) == 0o600
+    d = DaemonProc(daemon_root, sock_dir, "--listen", "tcp://127.0.0.1:0",
+                   "--key", server_key, "--allow", str(allowed))
+    try:
+        tcp = [line.split()[-1] for line in d.output().splitlines()
+               if "listening on tcp://" in line][0]
+        ok = subprocess.run([CHANBOX, "-H", tcp, "--key", good_key, "--server-key", server_pub,
+                             "version"], capture_output=True, timeout=30)
+        assert ok.returncode == 0, ok.stderr
+        no = subprocess.run([CHANBOX, "-H", tcp, "--key", bad_key, "--server-key", server_pub,
+                             "version"], capture_output=True, timeout=30)
+        assert no.returncode == 125 and "no chanbox daemon answers" in no.stderr.decode()
+        plain = subprocess.run([CHANBOX, "-H", tcp, "version"], capture_output=True, timeout=30)
+        assert plain.returncode == 125
+    finally:
+        d.stop()
+
+
+def test_concurrent_clients_do_not_block_one_another(daemon: DaemonProc) -> None:
+    # a follower that never reads, a long waiter and a log follower, while 8 clients list
+    long = out(daemon.cli("run", "-d", "busybox", "sh", "-c",
+                          "while true; do echo tick; sleep 0.05; done")).strip()
+    stalled = connect(daemon.endpoint)
+    waiter = connect(daemon.endpoint)
+    try:
+        stalled_stream = stalled.stream("log", id=long, follow=True)
+        next(stalled_stream)  # then never read again
+        wait_result: list = []
+        t = threading.Thread(target=lambda: wait_result.append(waiter.call("wait", id=long)))
+        t.start()
+        errors: list = []
+
+        def lister() -> None:
+            try:
+                c = connect(daemon.endpoint)
+                for _ in range(20):
+                    c.call("ls", all=True)
+                c.close()
+            except Exception as exc:  # noqa: BLE001 -- collected and asserted below
+                errors.append(exc)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=lister) for _ in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert errors == [] and time.monotonic() - started < 30
+        daemon.cli("kill", long)
+        t.join(20)
+        assert wait_result == [{"exit_code": 137}]
+    finally:
+        stalled.close()
+        waiter.close()
+        daemon.cli("rm", "-f", long)
+
+
+def test_wrong_requests_get_errors_and_the_daemon_lives_on(daemon: DaemonProc) -> None:
+    session = chan.connect(daemon.endpoint)
+    try:
+        tx = session.open()
+
+        def ask(request: dict) -> chan.RemoteError:
+            ret_tx, ret_rx = chan.pipe()
+            tx.send({**request, "ret": ret_tx})
+            with pytest.raises(chan.RemoteError) as info:
+                ret_rx.recv(timeout=10)
+            return info.value
+
+        assert ask({"verb": "nope"}).code == "invalid_argument"
+        assert "missing argument 'image'" in ask({"verb": "create", "args": {}}).message
+        assert "must be an integer" in ask(
+            {"verb": "create", "args": {"image": "busybox", "memory": "x"}}).message
+        tx.send({"verb": "ls"})  # no ret
+        tx.send({"verb": "ls", "ret": 42})  # a ret that is not a Sender
+        tx.send("not a map")
+        with pytest.raises(chan.MessageTooLarge):
+            tx.send({"verb": "ls", "args": {"pad": b"x" * (65 * 1024 * 1024)}})
+        assert Client(tx).call("version")["Version"]
+    finally:
+        session.close()
+    # garbage frames from a raw ZeroMQ peer end that peer's session only
+    import zmq
+
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.connect(daemon.endpoint)
+    for junk in (b"", b"\xff" * 100, os.urandom(5000)):
+        raw.send(junk)
+    time.sleep(0.3)
+    raw.close(0)
+    ctx.term()
+    assert daemon.cli("ps").returncode == 0
+
+
+def test_a_client_killed_mid_attach_does_not_stop_the_container(daemon: DaemonProc) -> None:
+    cid = out(daemon.cli("run", "-d", "-i", "busybox", "sh", "-c",
+                         "while true; do echo tick; sleep 0.1; done")).strip()
+    try:
+        p = subprocess.Popen([CHANBOX, "-H", daemon.endpoint, "attach", cid],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert p.stdout.readline() == b"tick\n"
+        p.kill()
+        p.wait()
+        time.sleep(0.5)
+        assert _running_pid(daemon, cid)
+        assert daemon.cli("exec", cid, "true").returncode == 0
+    finally:
+        daemon.cli("rm", "-f", cid)
+
+
+def test_no_daemon_at_the_endpoint_is_a_clear_error(sock_dir: str) -> None:
+    with pytest.raises(NotRunning, match="no chanbox daemon answers"):
+        connect(f"ipc://{sock_dir}/nobody.sock", timeout=0.5)
