@@ -68,9 +68,12 @@ class Client:
     def close(self) -> None:
         """Close the request channel (an embedded engine's service then stops) and the
         session to a daemon, if this client has one."""
-        self.requests.close()
-        if self.session is not None:
-            self.session.close()
+        try:
+            self.requests.close()
+            if self.session is not None:
+                self.session.close()
+        except chan.ChannelError:
+            pass  # the daemon is gone: nothing is left to close
 
 
 def connect(endpoint: str, *, key_file: str | None = None,

@@ -343,12 +343,15 @@ class Monitor:
         Only the monitor sees a container exit by itself.  The exit is recorded already;
         a failure here leaves a line in ``monitor.err`` and the monitor goes on.
         """
+        containers = os.path.dirname(os.path.abspath(self.dir))
+        if os.path.basename(containers) != "containers":
+            return  # not in an engine root (<root>/containers/<id>): no journal to write
         try:
             config = read_json(os.path.join(self.dir, "config.json"), {})
             cfg = config.get("Config") or {}
             name, image = config.get("Name", ""), cfg.get("Image", "")
             attrs = {**(cfg.get("Labels") or {}), "name": name, "image": image}
-            journal = Journal(os.path.dirname(os.path.dirname(os.path.abspath(self.dir))))
+            journal = Journal(os.path.dirname(containers))
             if record["oom_killed"]:
                 journal.emit("container", "oom", self.spec.id, name=name, image=image,
                              attributes=attrs)

@@ -62,13 +62,36 @@ def verb(name: str) -> Callable[[Handler], Handler]:
 STREAMED = object()
 
 
+# Verbs that may wait for a long time (on a container, on a client that reads slowly)
+# get a thread of their own; the others share a pool, so a burst of quick requests does
+# not pay a thread start each.
+_LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start",
+                         "spawn", "commit", "import", "bootstrap", "rm"})
+_POOL: Any = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> Any:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="chanbox-verb")
+        return _POOL
+
+
 def serve(engine: Engine, requests: chan.Receiver) -> None:
     """Answer every request that arrives on ``requests`` until it is closed (or its
     client goes away: the requests already running finish on their own)."""
     try:
         for req in requests:
-            threading.Thread(target=handle, args=(engine, req), daemon=True,
-                             name="chanbox-verb").start()
+            verb_name = req.get("verb") if isinstance(req, dict) else None
+            if verb_name in _LONG_VERBS:
+                threading.Thread(target=handle, args=(engine, req), daemon=True,
+                                 name=f"chanbox-{verb_name}").start()
+            else:
+                _pool().submit(handle, engine, req)
     except chan.ChannelError as exc:
         _log().info("client gone: %s", exc)
 

@@ -309,3 +309,71 @@ def test_a_client_killed_mid_attach_does_not_stop_the_container(daemon: DaemonPr
 def test_no_daemon_at_the_endpoint_is_a_clear_error(sock_dir: str) -> None:
     with pytest.raises(NotRunning, match="no chanbox daemon answers"):
         connect(f"ipc://{sock_dir}/nobody.sock", timeout=0.5)
+
+
+def test_watch_resumes_across_a_daemon_restart_with_nothing_missed_or_repeated(
+        daemon_root: str, sock_dir: str) -> None:
+    d = DaemonProc(daemon_root, sock_dir)
+    seen: list[dict] = []
+    client = connect(d.endpoint)
+    base = max([0] + [e["seq"] for e in client.stream("watch", since=0, follow=False)])
+
+    def follow() -> None:
+        try:
+            for ev in client.stream("watch", since=base):
+                seen.append(ev)
+        except Exception:  # noqa: BLE001 -- the daemon is killed under it: expected
+            pass
+
+    t = threading.Thread(target=follow)
+    t.start()
+    cid = out(d.cli("run", "-d", "busybox", "sleep", "1")).strip()
+    deadline = time.monotonic() + 10
+    while not any(e["action"] == "start" and e["id"] == cid for e in seen):
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+    d.stop(signal.SIGKILL)
+    t.join(20)
+    last = seen[-1]["seq"]
+    # while no daemon runs: the container dies (its monitor records it) and an embedded
+    # engine on the same root makes another
+    time.sleep(1.5)
+    p = subprocess.run([CHANBOX, "--root", daemon_root, "create", "--name", "cbx-offline",
+                        "busybox", "true"], capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    d = DaemonProc(daemon_root, sock_dir)
+    try:
+        client2 = connect(d.endpoint)
+        missed = list(client2.stream("watch", since=last, follow=False))
+        client2.close()
+        seqs = [e["seq"] for e in seen + missed]
+        assert seqs == list(range(base + 1, base + 1 + len(seqs)))  # no gap, no repeat
+        actions = [(e["action"], e["name"]) for e in missed]
+        assert ("die", seen[-1]["name"]) in actions and ("create", "cbx-offline") in actions
+        die = next(e for e in missed if e["action"] == "die")
+        assert die["id"] == cid and die["attributes"]["exitCode"] == "0"
+    finally:
+        d.cli("rm", "-f", cid)
+        d.cli("rm", "-f", "cbx-offline")
+        d.stop()
+        client.close()
+
+
+def test_events_cli_filters_and_formats(daemon: DaemonProc) -> None:
+    import json
+
+    before = max([0] + [json.loads(line)["seq"] for line in out(daemon.cli(
+        "events", "--since", "0", "--no-follow", "--format", "json")).splitlines()])
+    cid = out(daemon.cli("run", "-d", "-l", "cbx.role=probe", "busybox", "true")).strip()
+    daemon.cli("wait", cid)
+    daemon.cli("rm", cid)
+    lines = out(daemon.cli("events", "--since", str(before), "--no-follow", "--format", "json",
+                           "--filter", f"container={cid[:12]}", "--filter", "event=die"))
+    evs = [json.loads(line) for line in lines.splitlines()]
+    assert [e["action"] for e in evs] == ["die"]
+    assert evs[0]["attributes"]["cbx.role"] == "probe"
+    text = out(daemon.cli("events", "--since", str(before), "--no-follow",
+                          "--filter", "label=cbx.role=probe"))
+    assert [line.split()[3] for line in text.splitlines()] == ["create", "start", "die", "destroy"]
+    p = daemon.cli("events", "--no-follow", "--filter", "colour=red")
+    assert p.returncode == 125 and "colour" in p.stderr.decode()
