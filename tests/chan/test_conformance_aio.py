@@ -15,7 +15,7 @@ import pytest
 import chan
 import chan.aio
 from chan import testing
-from test_conformance import HOPS, LIMIT, PAD, check_params
+from .test_conformance import HOPS, LIMIT, PAD, check_params
 
 
 def run(main, limit: float = 60.0) -> None:
