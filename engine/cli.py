@@ -746,3 +746,8 @@ def generate(name: str) -> None:
             click.echo(path)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
+
+
+# More commands, each family in its own module (they import only click at load time).
+from . import cli_network, cli_transfer  # noqa: E402,F401  (registers network, load/save/pull/push)
+from bridges import cli as _bridges_cli  # noqa: E402,F401  (registers bridge, hosts)

@@ -423,3 +423,7 @@ def _v_info(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("version")
 def _v_version(engine: Engine, a: _Args, ret: Any) -> Any:
     return engine.version()
+
+
+# More verbs, each family in its own module.
+from . import service_network, service_transfer  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""``chanbox network ...``: bridge networks (issue 5 fills this)."""

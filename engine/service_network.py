@@ -1,0 +1,1 @@
+"""Network verbs (issue 5 fills this)."""
