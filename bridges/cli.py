@@ -10,3 +10,6 @@ from engine.cli import main
 @main.group()
 def bridge() -> None:
     """Carry the engine's lifecycle into outside systems (etcd, Serf, ZooKeeper, Docker API)."""
+
+
+from bridges.docker import cli as _docker_cli  # noqa: E402,F401  (registers bridge docker)

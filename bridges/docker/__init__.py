@@ -1,0 +1,1 @@
+"""bridges.docker: the Docker Engine API served over a unix socket (issue 8)."""

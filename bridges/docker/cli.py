@@ -1,0 +1,1 @@
+"""``chanbox bridge docker`` (issue 8 fills this)."""
