@@ -51,6 +51,12 @@ class Client:
         finally:
             rx.close()
 
+    def receiver(self, verb: str, **args: Any) -> chan.Receiver:
+        """Send ``verb`` and return the channel its answer arrives on, for a caller that
+        waits with timeouts (``recv(timeout=...)``); :func:`engine_error` turns a
+        ``chan.RemoteError`` from it into the engine's error."""
+        return self._send(verb, args)
+
     def stream(self, verb: str, **args: Any) -> Iterator[Any]:
         """Send ``verb`` and yield every message of its answer."""
         rx = self._send(verb, args)
