@@ -18,7 +18,8 @@ from . import errors
 _BY_CODE: dict[str, type[errors.EngineError]] = {}
 for _cls in (errors.EngineError, errors.InvalidArgument, errors.NotFound, errors.Conflict,
              errors.NotRunning, errors.CorruptState, errors.RuntimeFailure,
-             errors.CommandNotFound, errors.CommandNotInvokable):
+             errors.CommandNotFound, errors.CommandNotInvokable, errors.RegistryError,
+             errors.Unauthorized):
     _BY_CODE[_cls.code] = _cls
 
 

@@ -64,3 +64,15 @@ class CommandNotInvokable(EngineError):
 
     code = "command_not_invokable"
     exit_status = 126
+
+
+class RegistryError(EngineError):
+    """The registry refused a request or could not be reached."""
+
+    code = "registry_error"
+
+
+class Unauthorized(RegistryError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""
+
+    code = "unauthorized"

@@ -27,7 +27,7 @@ from engine import fsutil, refs
 from engine.errors import Conflict, CorruptState, InvalidArgument, NotFound
 from engine.layers import LayerStore, layer_hex
 
-__all__ = ["Image", "ImageStore", "normalize_config", "CONFIG_KEYS"]
+__all__ = ["Image", "ImageStore", "normalize_config", "config_from_oci", "CONFIG_KEYS"]
 
 #: the image config keys chanbox keeps, with their empty values
 CONFIG_KEYS: dict[str, Any] = {
@@ -94,6 +94,19 @@ def normalize_config(config: dict | None, base: dict | None = None) -> dict:
                 raise InvalidArgument(f"image config Labels must map strings to strings, got {value!r}")
             out[key] = dict(value)
     return out
+
+
+def config_from_oci(doc: dict) -> dict:
+    """The chanbox config of an OCI/Docker image config document (its ``config``
+    member), keeping the keys chanbox runs with and dropping the others (ports,
+    volumes, healthchecks: nothing here uses them)."""
+    raw = doc.get("config") or doc.get("container_config") or {}
+    if not isinstance(raw, dict):
+        raise InvalidArgument("image config: 'config' must be an object; the image's config blob is malformed")
+    kept = {k: v for k, v in raw.items() if k in CONFIG_KEYS and v is not None}
+    if kept.get("Labels") is not None:
+        kept["Labels"] = {str(k): str(v) for k, v in kept["Labels"].items()}
+    return normalize_config(kept)
 
 
 def _image_id(config: dict, layers: list[str], parent: str | None) -> str:
@@ -268,6 +281,50 @@ class ImageStore:
         diff_id = self.layers.add_from_dir(upperdir)
         layers = list(parent_rec["layers"]) + [diff_id]
         return self._new_image(layers, parent_rec, norm, cfg, comment, author, created_by, comment)
+
+    def add_image(
+        self, layers: list[str], config: dict, refs_: list[str], *, created: str | None = None,
+        history: list[dict] | None = None, comment: str = "", author: str = "",
+    ) -> Image:
+        """Publish an image made of layers already in the store (a loaded or pulled one)
+        and point every ``name:tag`` of ``refs_`` at it.
+
+        ``history`` has one entry per layer (``created``, ``created_by``, ``comment``,
+        ``author``); anything else is replaced by one plain entry per layer.  The image
+        has no parent: the record of the image it was built from did not travel with it.
+        """
+        norms = [refs.normalize(r) for r in refs_]
+        cfg = normalize_config(config)
+        created = created or _now()
+        if not history or len(history) != len(layers):
+            history = [{"created": created, "created_by": "", "comment": "", "author": ""} for _ in layers]
+        rec = {
+            "id": _image_id(cfg, layers, None), "parent": None, "layers": list(layers), "config": cfg,
+            "created": created, "comment": comment, "author": author, "history": history,
+        }
+        img = self._write(rec, norms[0] if norms else None)
+        for extra in norms[1:]:
+            self.tag(img.id, extra)
+        return self.get(img.id)
+
+    def record(self, ref_or_id: str) -> dict:
+        """The image's stored record (``id``, ``layers``, ``config``, ``history``, ...)."""
+        rec, _ = self._resolve(ref_or_id, self._repos_map())
+        return rec
+
+    def unused_layers(self, candidates: list[str]) -> list[str]:
+        """Those of ``candidates`` that no image uses (call under :func:`fsutil.root_lock`)."""
+        used = {d for r in self._all_records() for d in r["layers"]}
+        return [d for d in dict.fromkeys(candidates) if d not in used]
+
+    def drop_layers_if_unused(self, candidates: list[str]) -> None:
+        """Delete the layers of ``candidates`` that no image uses: what a failed load or
+        pull added before it failed."""
+        with fsutil.root_lock(self.root):
+            trash = fsutil.staging_dir(self.root, "rmi")
+            for d in self.unused_layers(candidates):
+                self.layers.remove(d, trash=trash)
+        fsutil.remove_tree(trash)
 
     def get(self, ref_or_id: str) -> Image:
         """The image a ``name[:tag]``, a full id or a unique id prefix (>= 4 hex) names."""

@@ -14,9 +14,11 @@ directory that exists is a finished one; removal renames it back into ``R/tmp`` 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import IO, BinaryIO
 
 from engine import fsutil
 from engine.errors import EngineError, InvalidArgument, NotFound
@@ -25,6 +27,27 @@ __all__ = ["LayerStore", "layer_hex"]
 
 _LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _LINK_LEN = 26
+# zlib level 6 (gzip's default) costs ~3x level 1 for a few percent of size; pushes and
+# OCI archives of big layers are dominated by it, so a faster level
+_GZIP_LEVEL = 1
+
+
+class _Counting:
+    """A write-only file that hashes and counts what passes through to ``out``."""
+
+    def __init__(self, out: IO[bytes], digest) -> None:  # type: ignore[no-untyped-def]
+        self._out = out
+        self.digest = digest
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.count += len(data)
+        self._out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 def layer_hex(diff_id: str) -> str:
@@ -53,10 +76,13 @@ class LayerStore:
         """Whether the layer is present and complete."""
         return os.path.isfile(os.path.join(self._dir(diff_id), "link"))
 
-    def add_from_tar(self, fileobj: BinaryIO) -> str:
+    def add_from_tar(self, fileobj: BinaryIO, *, check: Callable[[str], None] | None = None) -> str:
         """Add the layer in a tar (plain or gzip) stream; return its diff id.
 
         A layer that is already present is reused (the new copy is thrown away).
+        ``check`` is called with the diff id once the whole stream is read and before
+        the layer becomes visible: it raises to refuse the layer (a digest that does
+        not match its descriptor), which then leaves nothing behind.
         """
         stage = fsutil.staging_dir(self.root, "layer")
         try:
@@ -65,6 +91,8 @@ class LayerStore:
             from engine.tarlayer import apply_tar  # tarfile, gzip: only when importing
 
             diff_id, size = apply_tar(fileobj, diff, allow_devices=self.allow_devices)
+            if check is not None:
+                check(diff_id)
             final = self._dir(diff_id)
             if self.exists(diff_id):
                 return diff_id
@@ -126,6 +154,43 @@ class LayerStore:
         if failure:
             raise failure[0]
         return diff_id
+
+    def export(self, diff_id: str, out: IO[bytes], *, compress: bool) -> dict:
+        """Write the layer to ``out`` as an OCI layer tar (gzip when ``compress``).
+
+        The tar is :func:`~engine.tarlayer.diff_tar`'s, so the same layer always gives
+        the same bytes; returns ``{"digest", "size", "diff_id"}`` (the blob's sha256 and
+        length, the uncompressed tar's sha256) and remembers it for :meth:`exported`.
+        """
+        import gzip
+        import hashlib
+
+        from engine.tarlayer import diff_tar
+
+        src = self.path(diff_id)
+        blob = _Counting(out, hashlib.sha256())
+        if compress:
+            # mtime=0 and no file name: the same tar always compresses to the same blob
+            with gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz:  # type: ignore[arg-type]
+                tar_digest, _ = diff_tar(src, gz)  # type: ignore[arg-type]
+        else:
+            tar_digest, _ = diff_tar(src, blob)  # type: ignore[arg-type]
+        info = {"digest": "sha256:" + blob.digest.hexdigest(), "size": blob.count, "diff_id": tar_digest}
+        cache = self._export_cache(diff_id)
+        cache["gzip" if compress else "tar"] = info
+        with contextlib.suppress(OSError):  # only a cache: a failure costs a recompute
+            fsutil.write_json(os.path.join(self._dir(diff_id), "export.json"), cache, sync=False)
+        return info
+
+    def exported(self, diff_id: str, *, compress: bool) -> dict | None:
+        """What :meth:`export` returned the last time for this layer and form, if known."""
+        return self._export_cache(diff_id).get("gzip" if compress else "tar")
+
+    def _export_cache(self, diff_id: str) -> dict:
+        try:
+            return fsutil.read_json(os.path.join(self._dir(diff_id), "export.json"), {}) or {}
+        except (OSError, json.JSONDecodeError):
+            return {}
 
     def path(self, diff_id: str) -> str:
         """The absolute path of the layer's ``diff`` directory."""

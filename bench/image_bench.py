@@ -1,0 +1,131 @@
+"""Image transfer benchmarks, each a ratio against a baseline measured in the same run.
+
+1. Import of a ~100 MB layer tar (many small files and a few big ones) into the layer
+   store, against ``tar -x`` of the same file (goal: speed >= 0.7x tar's).
+2. Pull of an image with that layer from a local registry (Debian's docker-registry on
+   127.0.0.1) into an empty root, against ``skopeo copy docker://... oci:DIR`` of the
+   same image (goal: speed >= 0.7x skopeo's).
+
+Ratios are baseline time / chanbox time (1.0 = as fast, higher = faster).  Run as root:
+``.venv/bin/python bench/image_bench.py [--runs N]``.  Everything it makes lives in one
+``cbx-bench-*`` directory, removed at the end; the registry it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engine import fsutil  # noqa: E402
+from engine.images import ImageStore  # noqa: E402
+
+
+def make_layer(path: str, base: str) -> int:
+    """A layer tar of ~100 MB: 12000 files of 1-6 kB in 120 dirs, plus 6 files of 8 MB."""
+    src = os.path.join(base, "layer-src")
+    rnd = os.urandom(1 << 20)
+    for d in range(120):
+        os.makedirs(f"{src}/usr/share/d{d}")
+        for i in range(100):
+            n = 1000 + (d * 100 + i) * 37 % 5000
+            off = (d * 7919 + i * 104729) % ((1 << 20) - n)
+            with open(f"{src}/usr/share/d{d}/f{i}.txt", "wb") as f:
+                f.write(rnd[off:off + n])
+    os.makedirs(f"{src}/opt/big")
+    for i in range(6):
+        with open(f"{src}/opt/big/blob{i}", "wb") as f:
+            f.write(os.urandom(8 << 20) if i % 2 else (b"compressible text line\n" * 400_000)[: 8 << 20])
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        for name in sorted(os.listdir(src)):
+            t.add(os.path.join(src, name), name)
+    fsutil.remove_tree(src)
+    return os.path.getsize(path)
+
+
+def best(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_import(base: str, tar_path: str, runs: int) -> tuple[float, float]:
+    n = [0]
+
+    def tar_x() -> None:
+        n[0] += 1
+        dest = os.path.join(base, f"tarx-{n[0]}")
+        os.makedirs(dest)
+        subprocess.run(["tar", "-xf", tar_path, "-C", dest], check=True)
+
+    def ours() -> None:
+        n[0] += 1
+        store = ImageStore(os.path.join(base, f"root-{n[0]}"))
+        with open(tar_path, "rb") as f:
+            store.layers.add_from_tar(f)
+
+    subprocess.run(["sync"], check=True)
+    t_tar = best(tar_x, runs)
+    t_ours = best(ours, runs)
+    return t_tar, t_ours
+
+
+def bench_pull(base: str, tar_path: str, runs: int) -> tuple[float, float]:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from engine.distribution import pull, push
+    from tests.engine.test_registry import Registry
+
+    reg = Registry()
+    try:
+        src = ImageStore(os.path.join(base, "src"))
+        with open(tar_path, "rb") as f:
+            img = src.import_stream(f, f"{reg.host}/bench/big:v1")
+        ref = img.tags[0]
+        push(src, ref, insecure=True)
+        n = [0]
+
+        def skopeo() -> None:
+            n[0] += 1
+            subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}",
+                            f"oci:{base}/oci-{n[0]}:v1"], check=True)
+
+        def ours() -> None:
+            n[0] += 1
+            pull(ImageStore(os.path.join(base, f"pull-{n[0]}")), ref, insecure=True)
+
+        return best(skopeo, runs), best(ours, runs)
+    finally:
+        reg.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    base = tempfile.mkdtemp(prefix="cbx-bench-")
+    try:
+        tar_path = os.path.join(base, "layer.tar")
+        size = make_layer(tar_path, base)
+        print(f"layer: {size / 1e6:.0f} MB, 12006 files")
+        t_tar, t_ours = bench_import(base, tar_path, args.runs)
+        print(f"import:  tar -x {t_tar:.3f} s   chanbox {t_ours:.3f} s   speed ratio {t_tar / t_ours:.2f}x "
+              f"(goal >= 0.7x)")
+        t_sk, t_pull = bench_pull(base, tar_path, args.runs)
+        print(f"pull:    skopeo copy {t_sk:.3f} s   chanbox pull {t_pull:.3f} s   speed ratio "
+              f"{t_sk / t_pull:.2f}x (goal >= 0.7x)")
+    finally:
+        fsutil.remove_tree(base)
+
+
+if __name__ == "__main__":
+    main()
