@@ -183,7 +183,12 @@ def _container_options(f: Any) -> Any:
         click.option("-m", "--memory", default=None, help="Memory limit (e.g. 64m)."),
         click.option("--cpus", type=float, default=None, help="Number of CPUs (e.g. 0.5)."),
         click.option("--pids-limit", type=int, default=None, help="Limit the number of processes."),
-        click.option("--network", default="none", help="Network: none or host."),
+        click.option("--network", default="bridge",
+                     help="Network: bridge (default), none, host or a user network."),
+        click.option("-p", "--publish", multiple=True,
+                     help="Publish a port: [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]."),
+        click.option("--network-alias", multiple=True,
+                     help="Another name for the container on its user network."),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
         click.option("--privileged", is_flag=True, help="Give all capabilities, no seccomp."),
         click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits."),
@@ -194,6 +199,15 @@ def _container_options(f: Any) -> Any:
 
 
 def _create_args(image: str, cmd: tuple[str, ...], kw: dict[str, Any]) -> dict[str, Any]:
+    ports: list[dict[str, Any]] = []
+    if kw["publish"]:
+        from .errors import EngineError
+        from .network.proxy import parse  # light: the CLI's load path stays click only
+
+        try:
+            ports = [parse(spec) for spec in kw["publish"]]
+        except EngineError as exc:
+            _die(str(exc), exc.exit_status)
     return {
         "image": image, "cmd": list(cmd) or None,
         "entrypoint": [kw["entrypoint"]] if kw["entrypoint"] else
@@ -204,6 +218,7 @@ def _create_args(image: str, cmd: tuple[str, ...], kw: dict[str, Any]) -> dict[s
         "cpus": kw["cpus"], "pids_limit": kw["pids_limit"], "network": kw["network"],
         "read_only": kw["read_only"], "privileged": kw["privileged"],
         "open_stdin": kw["interactive"], "tty": kw["tty"], "auto_remove": kw["auto_remove"],
+        "ports": ports, "network_aliases": list(kw["network_alias"]),
     }
 
 

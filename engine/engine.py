@@ -23,7 +23,7 @@ from .spec import ContainerSpec, Limits, ProcessSpec
 
 DEFAULT_ROOT = "/var/lib/chanbox"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NETWORKS = ("none", "host")
+NETWORKS = ("bridge", "none", "host")  # and user networks (``network create``)
 MIN_MEMORY = 6 * 1024 * 1024  # Docker's floor: below it a container cannot start
 VERSION = "0.1.0"
 
@@ -162,10 +162,11 @@ class Engine:
                workdir: str = "", user: str = "", name: str | None = None,
                hostname: str = "", labels: dict[str, str] | None = None,
                memory: int | None = None, cpus: float | None = None,
-               pids_limit: int | None = None, network: str = "none",
+               pids_limit: int | None = None, network: str = "bridge",
                read_only: bool = False, privileged: bool = False,
                open_stdin: bool = False, tty: bool = False,
-               auto_remove: bool = False) -> str:
+               auto_remove: bool = False, ports: list[dict[str, Any]] | None = None,
+               network_aliases: list[str] | None = None) -> str:
         """Create a container from ``image``; its id.  Nothing runs until :meth:`start`."""
         img = self.images.get(image)
         icfg = img.config or {}
@@ -177,9 +178,7 @@ class Engine:
         if not entrypoint and not cmd:
             raise InvalidArgument(f"no command specified: image {image} has no Cmd; "
                                   "give one after the image name")
-        if network not in NETWORKS:
-            raise InvalidArgument(f"network {network!r} is not available; use one of "
-                                  f"{', '.join(NETWORKS)}")
+        network, bindings = self._check_network(network, ports, network_aliases)
         limits = _check_limits(memory, cpus, pids_limit)
         config = {
             "Image": img.id,
@@ -198,11 +197,40 @@ class Engine:
                 "PidsLimit": limits.pids or 0,
                 "NetworkMode": network, "ReadonlyRootfs": read_only,
                 "Privileged": privileged, "AutoRemove": auto_remove,
+                "PortBindings": _port_bindings(bindings),
             },
+            "NetworkingConfig": {"EndpointsConfig": {network: {
+                "Aliases": list(network_aliases or [])}}},
+            "Ports": bindings,
         }
         c = self.containers.create(config, name)
         self._container_event("create", c)
         return c.id
+
+    def _check_network(self, network: str, ports: list[dict[str, Any]] | None,
+                       aliases: list[str] | None) -> tuple[str, list[dict[str, Any]]]:
+        if network not in NETWORKS:
+            from .network import networks
+
+            try:
+                network = networks.get(self.root, network)["Name"]
+            except NotFound:
+                raise InvalidArgument(
+                    f"network {network!r} not found; use bridge, none, host or a network "
+                    "made with `chanbox network create`") from None
+        bindings: list[dict[str, Any]] = []
+        if ports:
+            from .network import proxy
+
+            bindings = proxy.check(ports)
+        if (bindings or aliases) and network in ("none", "host"):
+            what = "publish ports" if bindings else "take network aliases"
+            raise InvalidArgument(f"containers on network {network} cannot {what}; use "
+                                  "the default bridge network or a user network")
+        if aliases and network == "bridge":
+            raise InvalidArgument("network aliases work only on user networks "
+                                  "(`chanbox network create`)")
+        return network, bindings
 
     def start(self, ref: str) -> None:
         """Start a created or stopped container; returns once its command has exec'd.
@@ -235,12 +263,22 @@ class Engine:
         failpoints.hit("start:cgroups")
         spec.cgroups = paths
         on_exit = ("engine.engine:autoremove", [self.root, c.id]) if hc["AutoRemove"] else None
+        att = None
         try:
-            self._forker.spawn(spec, c.dir, open_stdin=c.config["Config"]["OpenStdin"],
-                               on_exit=on_exit)
+            att = self._join_network(c, spec)
+            result = self._forker.spawn(spec, c.dir,
+                                        open_stdin=c.config["Config"]["OpenStdin"],
+                                        on_exit=on_exit)
+            if att is not None:
+                att.lease.close()  # the monitor holds the address now
+                if result.get("ports"):
+                    att.settings["Ports"] = result["ports"]
+                    fsutil.write_json(c.path("network.json"), att.settings, sync=False)
             failpoints.hit("start:spawned")
             self._container_event("start", c)
         except EngineError as exc:
+            if att is not None:
+                att.lease.release()
             cgroups.remove(paths)
             fsutil.write_json(c.path("exit.json"), {
                 "exit_code": exc.exit_status, "signal": None, "oom_killed": False,
@@ -248,6 +286,27 @@ class Engine:
             if hc["AutoRemove"]:
                 self._delete(c)
             raise
+
+    def _join_network(self, c: Container, spec: ContainerSpec) -> Any:
+        """Lease an address and plan the container's interface (bridge networks)."""
+        mode = c.config["HostConfig"]["NetworkMode"]
+        if mode in ("none", "host"):
+            return None
+        from .network import attach
+
+        aliases = c.config.get("NetworkingConfig", {}).get("EndpointsConfig", {}) \
+            .get(mode, {}).get("Aliases") or []
+        att = attach.prepare(self.root, c.dir, c.id, c.name, spec.hostname, mode, aliases,
+                             c.config.get("Ports") or [])
+        failpoints.hit("start:leased")
+        try:
+            fsutil.write_json(c.path("network.json"), att.settings, sync=False)
+        except BaseException:
+            att.lease.release()
+            raise
+        att.spec_net["ports"] = c.config.get("Ports") or []
+        spec.net = att.spec_net
+        return att
 
     def _spec(self, c: Container) -> ContainerSpec:
         cfg = c.config["Config"]
@@ -318,10 +377,34 @@ class Engine:
             "LogPath": c.path("container.log"),
             "Config": {**cfg, "Hostname": cfg["Hostname"] or c.short_id},
             "HostConfig": c.config["HostConfig"],
+            "NetworkSettings": self._network_settings(c, running),
             "GraphDriver": {"Name": "overlay2", "Data": {
                 "UpperDir": c.path("upper"), "WorkDir": c.path("work"),
                 "MergedDir": c.path("rootfs")}},
         }
+
+    def _network_settings(self, c: Container, running: bool) -> dict[str, Any]:
+        """Docker's ``NetworkSettings``: the addresses of the current run (empty when
+        the container is not running) and the published ports."""
+        mode = c.config["HostConfig"]["NetworkMode"]
+        net = None
+        if running and mode not in ("none", "host"):
+            from .network import attach
+
+            net = attach.load_settings(c.dir)
+        net = net or {}
+        ports: dict[str, Any] = {}
+        for b in (net.get("Ports") if net else None) or c.config.get("Ports") or []:
+            ports.setdefault(f"{b['container_port']}/{b['proto']}", []).append(
+                {"HostIp": b["host_ip"] or "0.0.0.0",
+                 "HostPort": str(b["host_port"]) if b["host_port"] or net else ""})
+        endpoint = {"IPAddress": net.get("IPAddress", ""), "Gateway": net.get("Gateway", ""),
+                    "MacAddress": net.get("MacAddress", ""),
+                    "IPPrefixLen": net.get("IPPrefixLen", 0),
+                    "Aliases": net.get("Aliases"), "NetworkID": net.get("NetworkID", "")}
+        return {"IPAddress": endpoint["IPAddress"], "Gateway": endpoint["Gateway"],
+                "MacAddress": endpoint["MacAddress"], "IPPrefixLen": endpoint["IPPrefixLen"],
+                "Ports": ports if running else {}, "Networks": {mode: endpoint}}
 
     # -- containers: control -----------------------------------------------------------
 
@@ -407,6 +490,10 @@ class Engine:
     def _delete(self, c: Container) -> None:
         cgroups.remove(c.cgroups)  # also kills what a dead monitor left running
         failpoints.hit("rm:cgroups")
+        if os.path.exists(c.path("network.json")):
+            from .network import attach
+
+            attach.release(attach.load_settings(c.dir))
         self.containers.delete(c)
         self._container_event("destroy", c)
 
@@ -568,6 +655,15 @@ def _check_limits(memory: int | None, cpus: float | None, pids: int | None) -> L
         raise InvalidArgument(f"invalid pids limit {pids}: give a positive number or -1")
     return Limits(memory=memory or None, cpus=cpus or None,
                   pids=pids if pids and pids > 0 else None)
+
+
+def _port_bindings(bindings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bindings in Docker's ``HostConfig.PortBindings`` shape."""
+    out: dict[str, Any] = {}
+    for b in bindings:
+        out.setdefault(f"{b['container_port']}/{b['proto']}", []).append(
+            {"HostIp": b["host_ip"], "HostPort": str(b["host_port"]) if b["host_port"] else ""})
+    return out
 
 
 def _merge_env(base: list[str], extra: list[str]) -> list[str]:

@@ -162,6 +162,8 @@ class Monitor:
         self.init: _Proc | None = None
         self.procs: dict[int, _Proc] = {}  # pidfd -> process
         self.exit_record: dict[str, Any] | None = None
+        self.proxy: Any = None  # engine.network.proxy.Proxy when ports are published
+        self.lease_fd = -1  # our shared lock on the container's address lease
 
     # -- starting ------------------------------------------------------------------
     def start(self, open_stdin: bool) -> _Proc:
@@ -222,6 +224,8 @@ class Monitor:
                     self._on_exit(data[1])
                 elif kind == "accept":
                     self._accept()
+                elif kind == "proxy":
+                    data[1](key, events)
         for client in list(self.clients.values()):
             self._drop(client)
 
@@ -317,6 +321,7 @@ class Monitor:
         self._close_stdin(proc)
         code, sig = exit_status(status)
         if proc.is_init:
+            self._leave_network()
             self.exit_record = {
                 "exit_code": code,
                 "signal": sig,
@@ -336,6 +341,36 @@ class Monitor:
                 if client.proc is proc:
                     client.proc = None
                     self._finish(client, record)
+
+    # -- network -----------------------------------------------------------------------
+    def join_network(self) -> list[dict[str, Any]]:
+        """Hold the address lease and bind the published ports (before the start, so a
+        taken host port refuses it); the bindings with their real host ports."""
+        net = self.spec.net
+        if not net:
+            return []
+        from engine.network import ipam
+
+        self.lease_fd = ipam.hold(net["lease"])
+        if not net.get("ports"):
+            return []
+        from engine.network.proxy import Proxy
+
+        self.proxy = Proxy(self.sel, net["ip"])
+        return self.proxy.bind(net["ports"])
+
+    def _leave_network(self) -> None:
+        """The init exited: close the published ports, give the address back."""
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+        if self.lease_fd >= 0:
+            try:
+                os.unlink(self.spec.net["lease"])
+            except FileNotFoundError:
+                pass
+            os.close(self.lease_fd)
+            self.lease_fd = -1
 
     def _emit_exit_events(self, record: dict[str, Any]) -> None:
         """Journal the container's ``oom`` (when OOM-killed) and ``die`` events.
@@ -717,13 +752,17 @@ def _run(spec: ContainerSpec, container_dir: str, open_stdin: bool,
         if starter is None:
             raise errors.RuntimeFailure("no container runtime is installed "
                                         "(engine.runtime is missing)")
+        ports = monitor.join_network()
         init = monitor.start(open_stdin)
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the engine
+        monitor._leave_network()
         if not isinstance(exc, errors.EngineError):
             exc = errors.RuntimeFailure(f"starting container {spec.id[:12]} failed: {exc}")
         report(error_payload(exc))
         return 0
     started = {"monitor_pid": os.getpid(), "pid": init.pid, "started_at": time.time_ns()}
+    if ports:
+        started["ports"] = ports
     write_json(os.path.join(container_dir, "monitor.json"), started, sync=False)
     report(started)
     monitor.serve()

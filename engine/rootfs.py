@@ -19,7 +19,7 @@ MS = syscalls
 _NOSUID_NODEV_NOEXEC = MS.MS_NOSUID | MS.MS_NODEV | MS.MS_NOEXEC
 
 # step kinds
-MOUNT, MKDIR, MKNOD, SYMLINK, MASK, READONLY, SYSFS, CHDIR = range(8)
+MOUNT, MKDIR, MKNOD, SYMLINK, MASK, READONLY, SYSFS, CHDIR, BINDFILE = range(9)
 
 #: (name, major, minor) of the devices every container gets (mode 0666)
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
@@ -76,6 +76,8 @@ def plan(spec: ContainerSpec) -> list[Step]:
         (SYMLINK, "link /dev/stdout", b"/proc/self/fd/1", p("/dev/stdout")),
         (SYMLINK, "link /dev/stderr", b"/proc/self/fd/2", p("/dev/stderr")),
     ]
+    for src, dst in (spec.net or {}).get("files", ()):
+        steps.append((BINDFILE, f"bind {src} on {dst}", enc(src), p(dst)))
     if not spec.privileged:
         null = p("/dev/null")
         steps += [(MASK, f"mask {m}", p(m), null) for m in security.MASKED_PATHS]
@@ -120,6 +122,8 @@ def apply(steps: list[Step]) -> None:
                 _mask(step[2], step[3])
             elif kind == READONLY:
                 _readonly(step[2])
+            elif kind == BINDFILE:
+                _bind_file(step[2], step[3])
         except OSError as exc:
             raise StepFailed(step[1], exc.errno or errno.EIO) from None
 
@@ -135,6 +139,17 @@ def _mount_sysfs(target: bytes) -> None:
         # without its submounts (cgroupfs stays out of the container)
         syscalls.mount(b"/sys", target, None, MS.MS_BIND, None)
         syscalls.mount(None, target, None, MS.MS_BIND | MS.MS_REMOUNT | flags, None)
+
+
+def _bind_file(src: bytes, target: bytes) -> None:
+    # the image may lack the file (or /etc): make the mount point in the writable layer
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    os.close(fd)
+    syscalls.mount(src, target, None, MS.MS_BIND, None)
 
 
 def _mask(path: bytes, null: bytes) -> None:

@@ -30,6 +30,7 @@ import signal
 from typing import Any
 
 from engine import rootfs, security, syscalls
+from engine.network import netlink
 from engine.errors import (
     CommandNotFound,
     CommandNotInvokable,
@@ -105,8 +106,9 @@ def start(spec: ContainerSpec, stdin: int, stdout: int, stderr: int) -> int:
                              "a container yet") from exc
     hostname = os.fsencode(spec.hostname)
     rootfs_b = os.fsencode(spec.rootfs)
+    plan = spec.net["plan"] if spec.net else None
     return _spawn(proc, stdin, stdout, stderr, lambda: _build_container(
-        flags, steps, rootfs_b, hostname, spec.network != "host"))
+        flags, steps, rootfs_b, hostname, spec.network != "host", plan))
 
 
 def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
@@ -264,11 +266,28 @@ def _write(path: bytes, data: bytes, stage: str) -> None:
 
 
 def _build_container(flags: int, steps: list, rootfs_b: bytes, hostname: bytes,
-                     new_net: bool) -> None:
+                     new_net: bool, net_plan: dict | None = None) -> None:
+    host = None
+    if net_plan is not None:
+        # a netlink socket opened now stays in the host's namespace after the unshare:
+        # the init makes its own veth pair through it (no round trip to the parent)
+        try:
+            host, master = netlink.open_host(net_plan)
+        except netlink.NetlinkFailed as exc:
+            raise rootfs.StepFailed(exc.stage, exc.errno or errno.EIO) from None
     try:
         syscalls.unshare(flags)
     except OSError as exc:
         raise rootfs.StepFailed("unshare namespaces", exc.errno or errno.EIO) from None
+    if host is not None:
+        try:
+            netlink.plug_in(host, master, net_plan)
+        except netlink.NetlinkFailed as exc:
+            raise rootfs.StepFailed(exc.stage, exc.errno or errno.EIO) from None
+        except OSError as exc:
+            raise rootfs.StepFailed("set up eth0", exc.errno or errno.EIO) from None
+        finally:
+            host.close()
     try:
         syscalls.mount(None, b"/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
     except OSError as exc:

@@ -66,7 +66,8 @@ STREAMED = object()
 # get a thread of their own; the others share a pool, so a burst of quick requests does
 # not pay a thread start each.
 _LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start",
-                         "spawn", "commit", "import", "bootstrap", "rm"})
+                         "spawn", "commit", "import", "bootstrap", "rm", "load", "save",
+                         "pull", "push"})
 _POOL: Any = None
 _POOL_LOCK = threading.Lock()
 
@@ -217,10 +218,12 @@ def _create(engine: Engine, a: _Args) -> str:
         workdir=a.get("workdir", str, ""), user=a.get("user", str, ""),
         name=a.get("name", str), hostname=a.get("hostname", str, ""), labels=labels,
         memory=a.get("memory", int), cpus=a.get("cpus", float),
-        pids_limit=a.get("pids_limit", int), network=a.get("network", str, "none"),
+        pids_limit=a.get("pids_limit", int), network=a.get("network", str, "bridge"),
         read_only=a.get("read_only", bool, False), privileged=a.get("privileged", bool, False),
         open_stdin=a.get("open_stdin", bool, False), tty=a.get("tty", bool, False),
-        auto_remove=a.get("auto_remove", bool, False))
+        auto_remove=a.get("auto_remove", bool, False),
+        ports=a.get("ports", (list, tuple), []),
+        network_aliases=a.strings("network_aliases", []))
 
 
 @verb("create")

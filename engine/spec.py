@@ -60,7 +60,13 @@ class ContainerSpec:
     #: absolute cgroup directories to join, one per hierarchy (v1: memory, cpu, pids,
     #: freezer, ...; v2: one), made by :mod:`engine.cgroups` before start
     cgroups: list[str] = field(default_factory=list)
-    network: str = "none"  # "none" or "host" (bridge networks come later)
+    #: "none" (loopback only), "host", "bridge" or a user network's name
+    network: str = "none"
+    #: a bridge network's set-up, made by :mod:`engine.network.attach` (None for none and
+    #: host): ``plan`` (:class:`engine.network.netlink.Plan` as a dict), ``lease`` (the
+    #: address lease's path, held by the monitor), ``ip``, ``ports`` (bindings to
+    #: publish) and ``files`` ([host path, container path] pairs bind-mounted: hosts...)
+    net: dict[str, Any] | None = None
     readonly: bool = False  # ``--read-only``: the union is mounted read-only
     privileged: bool = False  # ``--privileged``: all capabilities, no seccomp, no masks
 
