@@ -45,8 +45,11 @@ def image_root() -> Iterator[str]:
 
 
 def remove_root(root: str) -> None:
-    """Remove every container of ``root`` (the CLI tests' too), then the root itself."""
+    """Remove every container and user network of ``root`` (the CLI tests' too), then
+    the root itself."""
     from engine.engine import Engine
+
+    from engine.network import networks
 
     eng = Engine(root, forker=FORKER)
     for c in eng.containers.list():
@@ -54,6 +57,11 @@ def remove_root(root: str) -> None:
             eng.rm(c.id, force=True)
         except Exception as exc:  # noqa: BLE001 -- report, then go on cleaning
             print(f"cleanup of container {c.id[:12]} failed: {exc!r}", file=sys.stderr)
+    for net in networks.user_networks(root):  # their bridges are host devices
+        try:
+            networks.remove(root, net["Name"])
+        except Exception as exc:  # noqa: BLE001
+            print(f"cleanup of network {net['Name']} failed: {exc!r}", file=sys.stderr)
     fsutil.remove_tree(root)
 
 
