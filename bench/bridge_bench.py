@@ -60,7 +60,18 @@ def watch_etcd(etcd: Etcd, prefix: str, seen: Seen) -> None:
                 if ev.kind == aetcd.EventKind.PUT:
                     seen.add(json.loads(ev.kv.value)["id"])
 
-    threading.Thread(target=asyncio.run, args=(run(),), daemon=True).start()
+    _background(run)
+
+
+def _background(run) -> None:
+    """Run a watcher coroutine in a thread; it ends quietly when its server stops."""
+    def target() -> None:
+        try:
+            asyncio.run(run())
+        except Exception:  # noqa: BLE001 -- the server went away at the end of the run
+            pass
+
+    threading.Thread(target=target, daemon=True).start()
 
 
 def watch_zk(zk: ZooKeeper, prefix: str, seen: Seen) -> None:
@@ -87,7 +98,7 @@ def watch_serf(agent: Serf, seen: Seen) -> None:
             if ev.get("Name") == "chanbox-register":
                 seen.add(json.loads(ev["Payload"])["id"])
 
-    threading.Thread(target=asyncio.run, args=(run(),), daemon=True).start()
+    _background(run)
 
 
 def measure(system: str, endpoint: str, bridge_args: list[str], seen: Seen, count: int) -> list[float]:
