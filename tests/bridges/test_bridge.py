@@ -64,10 +64,12 @@ class BridgeProc:
     def __init__(self, daemon: DaemonProc, *args: str) -> None:
         self.args = args
         self.daemon = daemon
+        self.logs: list[str] = []
         self.start()
 
     def start(self) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="cbx-bridge-", suffix=".log", delete=False)
+        self.logs.append(self.log.name)
         self.proc = subprocess.Popen([CHANBOX, "-H", self.daemon.endpoint, "bridge", *self.args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -94,7 +96,8 @@ class BridgeProc:
 
     def close(self) -> None:
         self.stop()
-        os.unlink(self.log.name)
+        for name in self.logs:
+            os.unlink(name)
 
 
 def run_server(daemon: DaemonProc, *extra: str, port: int | None = None,

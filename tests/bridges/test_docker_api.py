@@ -1,0 +1,378 @@
+"""The Docker Engine API bridge, driven by the real ``docker`` CLI and docker-py.
+
+A real ``chanbox daemon`` on a private ipc socket, a real ``chanbox bridge docker`` on
+a private unix socket (``--no-pull``: nothing reaches a registry), and the docker CLI
+28.x with ``DOCKER_HOST`` and a temporary ``DOCKER_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from engine import fsutil
+from tests.engine.conftest import CHANBOX, FORKER, needs_root, remove_root
+from tests.engine.test_daemon import DaemonProc
+
+DOCKER = shutil.which("docker")
+pytestmark = [needs_root, pytest.mark.skipif(
+    DOCKER is None, reason="the docker CLI is not installed (client 28.x expected)")]
+
+
+class BridgeProc:
+    """``chanbox bridge docker`` on a private socket, over the daemon at ``endpoint``."""
+
+    def __init__(self, endpoint: str, sock_dir: str) -> None:
+        self.socket = os.path.join(sock_dir, "docker.sock")
+        self.log = os.path.join(sock_dir, "bridge.log")
+        self.config = os.path.join(sock_dir, "docker-config")
+        os.makedirs(self.config, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [CHANBOX, "-H", endpoint, "bridge", "docker", "--socket", self.socket,
+                 "--no-pull"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while "serving the Docker API" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the bridge did not start: {self.output()}")
+            time.sleep(0.05)
+        self.env = {**os.environ, "DOCKER_HOST": "unix://" + self.socket,
+                    "DOCKER_CONFIG": self.config}
+
+    def output(self) -> str:
+        with open(self.log) as f:
+            return f.read()
+
+    def docker(self, *args: str, input: bytes | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([DOCKER, *args], input=input, capture_output=True,
+                              timeout=timeout, env=self.env)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def bridge() -> Iterator[BridgeProc]:
+    from engine.engine import Engine
+
+    root = tempfile.mkdtemp(prefix="cbx-droot-")
+    sock_dir = tempfile.mkdtemp(prefix="cbx-sock-")
+    Engine(root, forker=FORKER).bootstrap("busybox:latest")
+    daemon = bridge = None
+    try:
+        daemon = DaemonProc(root, sock_dir)
+        bridge = BridgeProc(daemon.endpoint, sock_dir)
+        yield bridge
+    finally:
+        if bridge is not None:
+            bridge.stop()
+        if daemon is not None:
+            daemon.stop()
+        remove_root(root)
+        fsutil.remove_tree(sock_dir)
+
+
+def out(p: subprocess.CompletedProcess) -> str:
+    return p.stdout.decode()
+
+
+def err(p: subprocess.CompletedProcess) -> str:
+    return p.stderr.decode()
+
+
+def ok(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 0, (p.returncode, out(p), err(p))
+    return out(p)
+
+
+def names(bridge: BridgeProc) -> set[str]:
+    return set(ok(bridge.docker("ps", "-a", "--format", "{{.Names}}")).split())
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def request(bridge: BridgeProc, method: str, path: str) -> tuple[int, dict, bytes]:
+    conn = _UnixHTTP(bridge.socket)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+# -- the handshake -------------------------------------------------------------------------
+
+def test_ping_advertises_what_the_cli_negotiates_on(bridge: BridgeProc) -> None:
+    for method in ("HEAD", "GET"):
+        status, headers, body = request(bridge, method, "/_ping")
+        assert status == 200
+        assert headers["Api-Version"] >= "1.44" and headers["Ostype"] == "linux"
+        assert headers["Docker-Experimental"] == "false" and headers["Swarm"] == "inactive"
+        assert "Builder-Version" in headers
+        assert body == (b"OK" if method == "GET" else b"")
+    status, _, body = request(bridge, "GET", "/v1.41/version")  # versioned paths too
+    assert status == 200 and json.loads(body)["MinAPIVersion"] == "1.24"
+    status, headers, body = request(bridge, "GET", "/containers/cbx-nosuch/json")
+    assert (status, headers["Content-Type"]) == (404, "application/json")
+    assert "cbx-nosuch" in json.loads(body)["message"]
+
+
+def test_version_and_info(bridge: BridgeProc) -> None:
+    v = ok(bridge.docker("version", "--format", "{{.Server.APIVersion}} {{.Server.Os}}"))
+    assert v.split()[1] == "linux" and v.split()[0] >= "1.44"
+    info = ok(bridge.docker("info", "--format", "{{.OSType}} {{.Driver}} {{.Images}}"))
+    assert info.split()[:2] == ["linux", "overlay2"] and int(info.split()[2]) >= 1
+
+
+# -- run -----------------------------------------------------------------------------------
+
+def test_run_gives_the_exit_code_and_keeps_stdout_and_stderr_apart(bridge: BridgeProc) -> None:
+    p = bridge.docker("run", "--name", "cbx-exit3", "-e", "WHO=world", "busybox",
+                      "sh", "-c", "echo hello $WHO; echo oops >&2; exit 3")
+    assert (p.returncode, out(p), err(p)) == (3, "hello world\n", "oops\n")
+    assert "cbx-exit3" in names(bridge)  # without --rm it stays
+    ok(bridge.docker("rm", "cbx-exit3"))
+    assert "cbx-exit3" not in names(bridge)
+
+
+def test_run_rm_removes_the_container(bridge: BridgeProc) -> None:
+    p = bridge.docker("run", "--rm", "--name", "cbx-rm", "busybox", "sh", "-c",
+                      "echo last words; exit 7")
+    assert (p.returncode, out(p)) == (7, "last words\n"), err(p)
+    assert "cbx-rm" not in names(bridge)
+
+
+def test_run_below_api_1_30_waits_through_events(bridge: BridgeProc) -> None:
+    env = {**bridge.env, "DOCKER_API_VERSION": "1.29"}
+    p = subprocess.run([DOCKER, "run", "--rm", "--name", "cbx-legacy", "busybox", "sh", "-c",
+                        "echo legacy; exit 3"], capture_output=True, env=env, timeout=60)
+    assert (p.returncode, out(p)) == (3, "legacy\n"), err(p)
+    assert "cbx-legacy" not in names(bridge)
+
+
+def test_run_with_a_tty_sends_raw_bytes(bridge: BridgeProc) -> None:
+    p = bridge.docker("run", "--rm", "-t", "busybox", "sh", "-c", "echo tty; exit 2")
+    assert (p.returncode, out(p)) == (2, "tty\r\n"), err(p)
+
+
+def test_run_interactive_pipes_stdin(bridge: BridgeProc) -> None:
+    p = bridge.docker("run", "--rm", "-i", "busybox", "tr", "a-z", "A-Z", input=b"piped in\n")
+    assert (p.returncode, out(p)) == (0, "PIPED IN\n"), err(p)
+
+
+def test_run_a_missing_image_fails_with_404_and_never_pulls(bridge: BridgeProc) -> None:
+    p = bridge.docker("run", "--rm", "cbx-nosuch-image", "true", timeout=30)
+    assert p.returncode == 125
+    assert "Unable to find image 'cbx-nosuch-image:latest' locally" in err(p)
+    assert "Error response from daemon: pull access denied for cbx-nosuch-image" in err(p)
+    p = bridge.docker("pull", "cbx-nosuch-image")
+    assert p.returncode == 1 and "pull access denied" in err(p)
+
+
+def test_run_a_missing_command_exits_127(bridge: BridgeProc) -> None:
+    p = bridge.docker("run", "--rm", "busybox", "cbx-no-such-command")
+    assert p.returncode == 127, err(p)
+    assert "executable file not found" in err(p)
+
+
+def test_concurrent_runs(bridge: BridgeProc) -> None:
+    def run(i: int) -> tuple[int, str]:
+        p = bridge.docker("run", "--rm", "busybox", "sh", "-c", f"echo run {i}; exit {i}")
+        return p.returncode, out(p)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(run, range(6)))
+    assert results == [(i, f"run {i}\n") for i in range(6)]
+
+
+# -- detached containers ---------------------------------------------------------------
+
+def test_detached_then_logs_follow_exec_stop_and_rm(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "--name", "cbx-web", "busybox", "sh", "-c",
+                           "for i in 1 2 3; do echo line $i; sleep 0.2; done; echo bye >&2; "
+                           "sleep 600")).strip()
+    try:
+        assert len(cid) == 64
+        assert "cbx-web" in ok(bridge.docker("ps", "--format", "{{.Names}} {{.State}}"))
+        assert cid[:12] in ok(bridge.docker("ps", "-q")).split()
+        # logs -f follows until the container ends: stop it while following
+        follow = subprocess.Popen([DOCKER, "logs", "-f", "cbx-web"], env=bridge.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        p = bridge.docker("exec", "cbx-web", "sh", "-c", "echo from exec; exit 5")
+        assert (p.returncode, out(p)) == (5, "from exec\n")
+        p = bridge.docker("exec", "-i", "cbx-web", "tr", "a-z", "A-Z", input=b"exec stdin\n")
+        assert (p.returncode, out(p)) == (0, "EXEC STDIN\n")
+        p = bridge.docker("exec", "cbx-web", "cbx-no-such-command")
+        assert p.returncode == 127 and "executable file not found" in err(p)
+        assert ok(bridge.docker("stop", "-t", "1", "cbx-web")).strip() == "cbx-web"
+        o, e = follow.communicate(timeout=20)
+        assert o == b"line 1\nline 2\nline 3\n" and e == b"bye\n"
+        p = bridge.docker("logs", "--tail", "2", "cbx-web")
+        assert (out(p), err(p)) == ("line 3\n", "bye\n")
+        state = ok(bridge.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                                 "cbx-web")).split()
+        assert state[0] == "exited" and state[1] in ("137", "143")
+        assert ok(bridge.docker("wait", "cbx-web")).strip() == state[1]
+    finally:
+        bridge.docker("rm", "-f", "cbx-web")
+    assert "cbx-web" not in names(bridge)
+
+
+def test_create_start_attach_kill_restart_rm_force(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("create", "--name", "cbx-life", "-m", "64m", "busybox", "sh", "-c",
+                           "echo started; trap 'echo got TERM; exit 9' TERM; "
+                           "while true; do sleep 0.1; done")).strip()
+    try:
+        assert ok(bridge.docker("inspect", "-f", "{{.State.Status}} {{.HostConfig.Memory}}",
+                                cid)).split() == ["created", str(64 << 20)]
+        ok(bridge.docker("start", "cbx-life"))
+        assert ok(bridge.docker("inspect", "-f", "{{.State.Running}}", cid)).strip() == "true"
+        attach = subprocess.Popen([DOCKER, "attach", "--no-stdin", "cbx-life"], env=bridge.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        ok(bridge.docker("kill", "-s", "TERM", "cbx-life"))
+        o, e = attach.communicate(timeout=20)
+        assert b"got TERM" in o and attach.returncode == 9, e
+        p = bridge.docker("kill", "cbx-life")  # not running any more: a conflict
+        assert p.returncode == 1 and "is not running" in err(p)
+        ok(bridge.docker("restart", "-t", "1", "cbx-life"))
+        assert ok(bridge.docker("inspect", "-f", "{{.State.Running}}", cid)).strip() == "true"
+        p = bridge.docker("rm", "cbx-life")
+        assert p.returncode == 1 and "Error response from daemon" in err(p)
+        ok(bridge.docker("rm", "-f", "cbx-life"))
+    finally:
+        bridge.docker("rm", "-f", "cbx-life")
+    p = bridge.docker("inspect", "cbx-life")
+    assert p.returncode == 1 and "No such object: cbx-life" in err(p)
+    p = bridge.docker("rm", "cbx-life")
+    assert p.returncode == 1 and "no such container" in err(p).lower()
+
+
+# -- images --------------------------------------------------------------------------------
+
+def test_images_tag_rmi_pull_commit(bridge: BridgeProc) -> None:
+    listed = ok(bridge.docker("images", "--format", "{{.Repository}}:{{.Tag}}")).split()
+    assert "busybox:latest" in listed
+    ok(bridge.docker("tag", "busybox", "cbx-mine:1"))
+    assert "cbx-mine:1" in ok(bridge.docker("images", "--format", "{{.Repository}}:{{.Tag}}"))
+    assert "Untagged: cbx-mine:1" in ok(bridge.docker("rmi", "cbx-mine:1"))
+    p = bridge.docker("rmi", "cbx-mine:1")
+    assert p.returncode == 1 and "No such image: cbx-mine:1" in err(p)
+    assert "up to date" in ok(bridge.docker("pull", "busybox"))  # local, never fetched
+    ok(bridge.docker("run", "--name", "cbx-commit", "busybox", "sh", "-c",
+                     "echo committed > /stamp"))
+    try:
+        iid = ok(bridge.docker("commit", "cbx-commit", "cbx-committed:1")).strip()
+        assert iid.startswith("sha256:")
+        p = bridge.docker("run", "--rm", "cbx-committed:1", "cat", "/stamp")
+        assert (p.returncode, out(p)) == (0, "committed\n"), err(p)
+    finally:
+        bridge.docker("rm", "-f", "cbx-commit")
+        bridge.docker("rmi", "cbx-committed:1")
+
+
+def test_save_and_load(bridge: BridgeProc, tmp_path) -> None:
+    tar = str(tmp_path / "busybox.tar")
+    ok(bridge.docker("save", "-o", tar, "busybox"))
+    assert os.path.getsize(tar) > 100_000
+    ok(bridge.docker("tag", "busybox", "cbx-before-load:1"))
+    ok(bridge.docker("rmi", "cbx-before-load:1"))
+    assert "Loaded image" in ok(bridge.docker("load", "-i", tar))
+    assert "busybox:latest" in ok(bridge.docker("images", "--format",
+                                                "{{.Repository}}:{{.Tag}}")).split()
+
+
+# -- events, networks -------------------------------------------------------------------
+
+def test_events_report_the_lifecycle(bridge: BridgeProc) -> None:
+    since = time.time()
+    ok(bridge.docker("run", "--rm", "--name", "cbx-events", "busybox", "true"))
+    until = time.time() + 0.5
+    time.sleep(0.6)
+    p = bridge.docker("events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+                      "--filter", "container=cbx-events", "--format", "{{.Action}}")
+    actions = ok(p).split()
+    for action in ("create", "start", "die", "destroy"):
+        assert action in actions, actions
+
+
+def test_network_ls(bridge: BridgeProc) -> None:
+    listed = ok(bridge.docker("network", "ls", "--format", "{{.Name}}")).split()
+    assert "none" in listed or "host" in listed or "bridge" in listed
+
+
+# -- docker-py ------------------------------------------------------------------------------
+
+def test_docker_py(bridge: BridgeProc) -> None:
+    docker = pytest.importorskip("docker", reason="docker-py is not installed (pip install docker)")
+    client = docker.DockerClient(base_url="unix://" + bridge.socket, timeout=30)
+    try:
+        assert client.ping() is True
+        assert client.containers.run("busybox", ["echo", "from docker-py"], remove=True) \
+            == b"from docker-py\n"
+        c = client.containers.run("busybox", ["sh", "-c", "echo ready; sleep 600"],
+                                  detach=True, name="cbx-py")
+        try:
+            time.sleep(0.5)
+            assert client.containers.get("cbx-py").id == c.id
+            assert c.id in [x.id for x in client.containers.list()]
+            assert c.logs() == b"ready\n"
+            for _ in range(5):  # output right after the 101 must not be lost
+                code, output = c.exec_run(["echo", "hi from exec"])
+                assert (code, output) == (0, b"hi from exec\n")
+            c.stop(timeout=1)
+            c.reload()
+            assert c.status == "exited"
+        finally:
+            c.remove(force=True)
+        assert "cbx-py" not in [x.name for x in client.containers.list(all=True)]
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get("cbx-py")
+        tags = [t for i in client.images.list() for t in i.tags]
+        assert "busybox:latest" in tags
+        assert "busybox:latest" in client.images.pull("busybox", tag="latest").tags
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get("cbx-nosuch-image")
+    finally:
+        client.close()
+
+
+# -- start-up --------------------------------------------------------------------------------
+
+def test_the_cli_does_not_load_aiohttp_for_other_commands(bridge: BridgeProc) -> None:
+    code = ("import sys\nfrom engine.cli import main\n"
+            "try:\n    main(['bridge', 'docker', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('aiohttp', 'zmq', 'bridges.docker.server') "
+            "if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().splitlines()[-1] == "[]"
