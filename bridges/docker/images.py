@@ -228,8 +228,13 @@ async def commit(request: web.Request) -> web.StreamResponse:
 # -- networks -----------------------------------------------------------------------------
 
 def _network(n: dict[str, Any]) -> dict[str, Any]:
+    created = n.get("Created")
+    if isinstance(created, int):  # the engine keeps times as ns; Docker's clients want RFC 3339
+        from engine.containers import rfc3339
+
+        created = rfc3339(created)
     out = {"Name": n.get("Name") or n.get("name", ""), "Id": n.get("Id") or n.get("id", ""),
-           "Created": n.get("Created") or "0001-01-01T00:00:00Z", "Scope": "local",
+           "Created": created or "0001-01-01T00:00:00Z", "Scope": "local",
            "Driver": n.get("Driver") or n.get("driver") or "bridge", "EnableIPv6": False,
            "Internal": bool(n.get("Internal")), "Attachable": False, "Ingress": False,
            "IPAM": n.get("IPAM") or {"Driver": "default", "Options": None, "Config": []},
@@ -242,28 +247,13 @@ def _network(n: dict[str, Any]) -> dict[str, Any]:
 
 async def networks(request: web.Request) -> web.StreamResponse:
     """``GET /networks``."""
-    try:
-        items = await bridge_of(request).client.call("network_ls")
-    except errors.InvalidArgument as exc:
-        if "unknown verb" not in str(exc):
-            raise
-        items = [{"Name": "none", "Id": "none", "Driver": "null"},
-                 {"Name": "host", "Id": "host", "Driver": "host"}]
+    items = await bridge_of(request).client.call("network_ls")
     return json_ok([_network(n) for n in items])
 
 
 async def network_inspect(request: web.Request) -> web.StreamResponse:
     """``GET /networks/ID``."""
-    nid = request.match_info["id"]
-    try:
-        n = await bridge_of(request).client.call("network_get", name=nid, id=nid)
-    except errors.InvalidArgument as exc:
-        if "unknown verb" not in str(exc):
-            raise
-        # an engine without networks has only its built-in modes
-        if nid not in ("none", "host"):
-            raise errors.NotFound(f"network {nid} not found") from None
-        n = {"Name": nid, "Id": nid, "Driver": "null" if nid == "none" else "host"}
+    n = await bridge_of(request).client.call("network_get", name=request.match_info["id"])
     return json_ok(_network(n))
 
 
@@ -273,23 +263,20 @@ async def network_create(request: web.Request) -> web.StreamResponse:
     name = body.get("Name")
     if not name:
         raise errors.InvalidArgument("network name is required (Name)")
-    args: dict[str, Any] = {"name": name, "driver": body.get("Driver") or "bridge",
-                            "internal": bool(body.get("Internal")),
-                            "labels": body.get("Labels") or {}}
+    if (body.get("Driver") or "bridge") != "bridge":
+        raise errors.InvalidArgument(f"network driver {body['Driver']!r} is not supported; "
+                                     "chanbox makes bridge networks")
+    args: dict[str, Any] = {"name": name}
     cfg = ((body.get("IPAM") or {}).get("Config") or [{}])[0] or {}
     if cfg.get("Subnet"):
         args["subnet"] = cfg["Subnet"]
-    if cfg.get("Gateway"):
-        args["gateway"] = cfg["Gateway"]
     result = await bridge_of(request).client.call("network_create", **args)
-    nid = (result or {}).get("Id") or (result or {}).get("id") or name
-    return json_ok({"Id": nid, "Warning": ""}, status=201)
+    return json_ok({"Id": result["id"], "Warning": ""}, status=201)
 
 
 async def network_remove(request: web.Request) -> web.StreamResponse:
     """``DELETE /networks/ID``."""
-    await bridge_of(request).client.call("network_rm", name=request.match_info["id"],
-                                         id=request.match_info["id"])
+    await bridge_of(request).client.call("network_rm", name=request.match_info["id"])
     return web.Response(status=204)
 
 

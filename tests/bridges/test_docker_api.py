@@ -324,9 +324,46 @@ def test_events_report_the_lifecycle(bridge: BridgeProc) -> None:
         assert action in actions, actions
 
 
-def test_network_ls(bridge: BridgeProc) -> None:
+def test_networks_and_published_ports(bridge: BridgeProc) -> None:
     listed = ok(bridge.docker("network", "ls", "--format", "{{.Name}}")).split()
-    assert "none" in listed or "host" in listed or "bridge" in listed
+    assert {"bridge", "none", "host"} <= set(listed)
+    ok(bridge.docker("network", "create", "cbx-dnet"))
+    try:
+        assert "cbx-dnet" in ok(bridge.docker("network", "ls", "--format", "{{.Name}}")).split()
+        info = json.loads(ok(bridge.docker("network", "inspect", "cbx-dnet")))
+        assert info[0]["Name"] == "cbx-dnet" and info[0]["IPAM"]["Config"][0]["Subnet"]
+        ok(bridge.docker("run", "-d", "--name", "cbx-dsrv", "--network", "cbx-dnet",
+                         "busybox", "sh", "-c", "echo pong | nc -l -p 80"))
+        out = ok(bridge.docker("run", "--rm", "--network", "cbx-dnet", "busybox",
+                               "sh", "-c", "sleep 0.3; nc cbx-dsrv 80"))
+        assert out.strip() == "pong"  # by name, on the user network
+        port = _free_port()
+        ok(bridge.docker("run", "-d", "--name", "cbx-dpub", "-p", f"127.0.0.1:{port}:80",
+                         "busybox", "sh", "-c", "echo published | nc -l -p 80"))
+        info = json.loads(ok(bridge.docker("inspect", "cbx-dpub")))[0]
+        assert info["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] == str(port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                    data = c.recv(100)
+                if data:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert data == b"published\n"
+    finally:
+        bridge.docker("rm", "-f", "cbx-dsrv", "cbx-dpub")
+        bridge.docker("network", "rm", "cbx-dnet")
+    assert "cbx-dnet" not in ok(bridge.docker("network", "ls", "--format", "{{.Name}}")).split()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # -- docker-py ------------------------------------------------------------------------------
