@@ -140,6 +140,8 @@ def _serve(sock: socket.socket, starter: Any) -> int:
     # (which never needs them): the import runs beside the engine's own work, and the
     # monitors share these pages.
     from engine import monitor
+    from engine.network import ipam, proxy  # noqa: F401 -- what a monitor of a bridge
+    # container imports: here once and shared, not once per monitor (~2 MiB each)
 
     if starter is None:
         from engine import runtime as starter
