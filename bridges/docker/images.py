@@ -97,7 +97,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
                                   "exist (this bridge does not pull: it was started with "
                                   "--no-pull; load or import the image)") from None
         return _progress_response([{"status": f"Status: Image is up to date for {ref}"}])
-    stream = b.client.stream("pull", ref=ref)
+    stream = b.client.stream("pull", ref=ref, insecure=_insecure_by_default(ref))
     try:
         first = await stream.__anext__()
     except StopAsyncIteration:
@@ -121,6 +121,22 @@ async def pull(request: web.Request) -> web.StreamResponse:
         await resp.write(_line({"errorDetail": {"message": str(exc)}, "error": str(exc)}))
     await resp.write_eof()
     return resp
+
+
+def _insecure_by_default(ref: str) -> bool:
+    """Docker's rule: a registry on loopback (127.0.0.0/8, ::1, localhost) is plain http."""
+    import ipaddress
+
+    first, sep, _ = ref.partition("/")
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        return False  # no registry host in the name: Docker Hub
+    host = first.rsplit(":", 1)[0].strip("[]") if first.count(":") <= 1 else first.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _default_tag(ref: str) -> str:

@@ -33,7 +33,8 @@ pytestmark = [needs_root, pytest.mark.skipif(
 class BridgeProc:
     """``chanbox bridge docker`` on a private socket, over the daemon at ``endpoint``."""
 
-    def __init__(self, endpoint: str, sock_dir: str) -> None:
+    def __init__(self, endpoint: str, sock_dir: str, *, pull: bool = False) -> None:
+        self.endpoint = endpoint
         self.socket = os.path.join(sock_dir, "docker.sock")
         self.log = os.path.join(sock_dir, "bridge.log")
         self.config = os.path.join(sock_dir, "docker-config")
@@ -41,7 +42,7 @@ class BridgeProc:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [CHANBOX, "-H", endpoint, "bridge", "docker", "--socket", self.socket,
-                 "--no-pull"], stdout=log, stderr=subprocess.STDOUT)
+                 *([] if pull else ["--no-pull"])], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while "serving the Docker API" not in self.output():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -358,6 +359,32 @@ def test_networks_and_published_ports(bridge: BridgeProc) -> None:
         bridge.docker("rm", "-f", "cbx-dsrv", "cbx-dpub")
         bridge.docker("network", "rm", "cbx-dnet")
     assert "cbx-dnet" not in ok(bridge.docker("network", "ls", "--format", "{{.Name}}")).split()
+
+
+def test_pull_from_a_registry_on_loopback(bridge: BridgeProc) -> None:
+    # a real registry on 127.0.0.1, which Docker (and so the bridge) talks plain http to
+    from tests.engine.test_registry import Registry
+
+    registry = Registry()
+    sock_dir = tempfile.mkdtemp(prefix="cbx-sock-")
+    puller = BridgeProc(bridge.endpoint, sock_dir, pull=True)
+    ref = f"{registry.host}/cbx/busybox:1"
+    chanbox = [CHANBOX, "-H", bridge.endpoint]
+    try:
+        for args in (["tag", "busybox", ref], ["push", "--insecure", ref], ["rmi", ref]):
+            p = subprocess.run([*chanbox, *args], capture_output=True, timeout=60)
+            assert p.returncode == 0, p.stderr
+        p = puller.docker("pull", ref)
+        assert p.returncode == 0, err(p)
+        assert ref in ok(puller.docker("images", "--format", "{{.Repository}}:{{.Tag}}")).split()
+        assert ok(puller.docker("run", "--rm", ref, "echo", "pulled")) == "pulled\n"
+        missing = puller.docker("pull", f"{registry.host}/cbx/nothing:1")
+        assert missing.returncode != 0
+    finally:
+        puller.stop()
+        subprocess.run([*chanbox, "rmi", ref], capture_output=True, timeout=60)
+        registry.close()
+        fsutil.remove_tree(sock_dir)
 
 
 def _free_port() -> int:
