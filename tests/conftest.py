@@ -1,0 +1,41 @@
+"""Session-wide clean-up: the host devices the engine makes once for everyone.
+
+The default bridge ``cbx0`` is host-wide, like docker0, so no single test owns it.  A
+test session that found no ``cbx0`` removes the one its containers made, once nothing
+is attached to it any more.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+_BRIDGE = "cbx0"
+_HAD_BRIDGE = os.path.exists(f"/sys/class/net/{_BRIDGE}")
+_RECORD = os.path.join(os.environ.get("CHANBOX_NET_RUN") or "/run/chanbox/net", _BRIDGE + ".json")
+_HAD_RECORD = os.path.exists(_RECORD)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _HAD_BRIDGE or not os.path.exists(f"/sys/class/net/{_BRIDGE}"):
+        return
+    # the kernel tears dead containers' namespaces (and their veths) down asynchronously
+    deadline = time.monotonic() + 15
+    while os.listdir(f"/sys/class/net/{_BRIDGE}/brif"):
+        if time.monotonic() > deadline:
+            return  # something still runs on it (a container a test did not remove)
+        time.sleep(0.1)
+    from engine.network import bridge, ipam
+
+    bridge.remove(_BRIDGE)
+    if not _HAD_RECORD and os.path.exists(_RECORD):
+        os.unlink(_RECORD)
+    lease_dir = ipam.lease_dir(_BRIDGE)
+    try:
+        if os.listdir(lease_dir) == [".lock"]:  # every address has been given back
+            os.unlink(os.path.join(lease_dir, ".lock"))
+            os.rmdir(lease_dir)
+    except OSError:
+        pass
