@@ -26,9 +26,14 @@ class ZooKeeperRegistry(Registry):
     """A host's services and host record as ephemeral nodes of one session."""
 
     def __init__(self, hosts: str, *, prefix: str = "/chanbox", timeout: float = 10.0) -> None:
+        import logging
+
         from kazoo.client import KazooClient
         from kazoo.retry import KazooRetry
 
+        # kazoo logs every failed connection attempt; without a handler of the
+        # application's, Python would print each to stderr. We report failures ourselves.
+        logging.getLogger("kazoo").addHandler(logging.NullHandler())
         self.hosts_spec = hosts
         self.prefix = "/" + prefix.strip("/")
         self._lost = threading.Event()

@@ -189,3 +189,20 @@ def test_serf_announces_services_and_tags_the_host() -> None:
         reg.close()
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("zk://127.0.0.1:1/x", "no ZooKeeper server answers"),
+    ("etcd://127.0.0.1:1/x", "no etcd endpoint answers"),
+    ("serf://127.0.0.1:1", "no Serf agent answers"),
+    ("consul://127.0.0.1:8500", "unknown discovery system"),
+    ("127.0.0.1:2379", "bad discovery URL"),
+])
+def test_hosts_says_what_is_wrong(url: str, message: str) -> None:
+    import subprocess
+
+    from tests.engine.conftest import CHANBOX
+
+    p = subprocess.run([CHANBOX, "hosts", "--discovery", url], capture_output=True, timeout=60)
+    assert p.returncode == 125
+    assert message in p.stderr.decode() and "Traceback" not in p.stderr.decode()
