@@ -377,3 +377,27 @@ def test_events_cli_filters_and_formats(daemon: DaemonProc) -> None:
     assert [line.split()[3] for line in text.splitlines()] == ["create", "start", "die", "destroy"]
     p = daemon.cli("events", "--no-follow", "--filter", "colour=red")
     assert p.returncode == 125 and "colour" in p.stderr.decode()
+
+
+def test_a_client_that_stops_reading_does_not_grow_the_daemon(daemon: DaemonProc) -> None:
+    import psutil
+
+    # a steady flood (a shell loop, not `yes`: the log on disk stays small)
+    cid = out(daemon.cli("run", "-d", "busybox", "sh", "-c",
+                         "while true; do echo cbx-flood-line-cbx-flood-line; done")).strip()
+    client = connect(daemon.endpoint)
+    try:
+        attached = client.stream("attach", id=cid)
+        following = client.stream("log", id=cid, follow=True)
+        next(attached)
+        next(following)  # then neither is read again, while the container floods
+        proc = psutil.Process(daemon.proc.pid)
+        time.sleep(1.0)
+        before = proc.memory_info().rss
+        time.sleep(3.0)
+        grown = proc.memory_info().rss - before
+        assert grown < 32 * 1024 * 1024, f"the daemon grew by {grown >> 20} MiB"
+        assert daemon.cli("ps", "-q").returncode == 0  # and still answers others
+    finally:
+        client.close()
+        daemon.cli("rm", "-f", cid)
