@@ -199,6 +199,200 @@ def _clean_name(name: str, what: str) -> list[str]:
     return parts
 
 
+_BLOCK = 512
+_REG_TYPES = frozenset(b"07\0")
+_HEADER_ONLY = frozenset(b"123456")
+_POSIX_MAGIC = b"ustar\x0000"
+
+
+def _nts(b: bytes) -> str:
+    i = b.find(b"\0")
+    return (b if i < 0 else b[:i]).decode("utf-8", "surrogateescape")
+
+
+def _nti(b: bytes) -> int:
+    if b[0] in (0o200, 0o377):  # base-256 (GNU, for numbers octal cannot hold)
+        n = int.from_bytes(b[1:], "big")
+        return n - (256 ** (len(b) - 1)) if b[0] == 0o377 else n
+    i = b.find(b"\0")
+    s = (b if i < 0 else b[:i]).strip()
+    return int(s, 8) if s else 0
+
+
+def _parse_pax(data: bytes, into: dict[str, str]) -> None:
+    pos = 0
+    while pos < len(data) and data[pos:pos + 1] != b"\0":
+        sp = data.index(b" ", pos)
+        length = int(data[pos:sp])
+        if length <= 0:
+            raise tarfile.InvalidHeaderError("invalid pax record length")
+        rec = data[sp + 1:pos + length - 1]
+        key, eq, value = rec.partition(b"=")
+        if not eq:
+            raise tarfile.InvalidHeaderError("invalid pax record")
+        into[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+
+
+class _TarStream:
+    """A forward-only tar reader that parses headers itself (several times tarfile's speed).
+
+    It reads ustar, GNU (long names and links, base-256 numbers) and pax (extended and
+    global) headers, verifies every header's checksum, and treats a truncated header
+    or a bad checksum as a corrupt archive.  Sparse members (rare in layers) are handed
+    to :mod:`tarfile`, replaying their header blocks to it.
+    """
+
+    def __init__(self, reader: _ForwardReader) -> None:
+        self.reader = reader
+        self._next = 0  # where the next header starts
+        self._globals: dict[str, str] = {}
+        self.sparse_tar: tarfile.TarFile | None = None
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        data = self.reader.read(n)
+        if len(data) != n:
+            raise InvalidArgument(f"layer tar is truncated in {what}; the archive is incomplete")
+        return data
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        return self
+
+    def __next__(self) -> tarfile.TarInfo:
+        self.reader.seek(self._next)
+        self.sparse_tar = None
+        pax: dict[str, str] = {}
+        longname = longlink = None
+        raw: list[bytes] = []
+        while True:
+            buf = self.reader.read(_BLOCK)
+            if not buf or (not raw and buf.count(0) == _BLOCK):
+                if raw:
+                    raise InvalidArgument("layer tar ends inside a member's headers; the archive is incomplete")
+                raise StopIteration
+            if len(buf) != _BLOCK:
+                raise InvalidArgument("layer tar is truncated inside a header; the archive is incomplete")
+            try:
+                chksum = _nti(buf[148:156])
+            except ValueError:
+                chksum = -1
+            # the unsigned sum (what every writer uses) first; the signed one is rare
+            if chksum != sum(buf) - sum(buf[148:156]) + 256 and chksum not in tarfile.calc_chksums(buf):
+                raise InvalidArgument(
+                    f"layer tar has a header with a bad checksum at byte {self.reader.pos - _BLOCK}; "
+                    "the archive is corrupt (fetch or build it again)"
+                )
+            raw.append(buf)
+            typ = buf[156]
+            size = _nti(buf[124:136])
+            if typ in b"xgLK":
+                data = self._read_exact(size + (-size % _BLOCK), "an extended header")
+                raw.append(data)
+                data = data[:size]
+                if typ == ord("x"):
+                    _parse_pax(data, pax)
+                elif typ == ord("g"):
+                    _parse_pax(data, self._globals)
+                    raw.clear()
+                elif typ == ord("L"):
+                    longname = _nts(data)
+                else:
+                    longlink = _nts(data)
+                continue
+            break
+        if typ == ord("S") or any(k.startswith("GNU.sparse.") for k in pax):
+            return self._sparse(b"".join(raw))
+        name = longname if longname is not None else _nts(buf[0:100])
+        if longname is None and buf[257:265] == _POSIX_MAGIC and buf[345] != 0:
+            name = _nts(buf[345:500]) + "/" + name
+        m = tarfile.TarInfo(name)
+        m.mode = _nti(buf[100:108])
+        m.uid = _nti(buf[108:116])
+        m.gid = _nti(buf[116:124])
+        m.mtime = _nti(buf[136:148])
+        m.type = bytes((typ,))
+        m.linkname = longlink if longlink is not None else _nts(buf[157:257])
+        if typ in b"34":
+            m.devmajor = _nti(buf[329:337])
+            m.devminor = _nti(buf[337:345])
+        if typ == 0 and name.endswith("/"):
+            m.type = tarfile.DIRTYPE
+        if self._globals:
+            pax = {**self._globals, **pax}
+        if pax:
+            m.pax_headers = pax
+            if "path" in pax:
+                m.name = pax["path"]
+            if "linkpath" in pax:
+                m.linkname = pax["linkpath"]
+            try:
+                if "size" in pax:
+                    size = int(pax["size"])
+                if "uid" in pax:
+                    m.uid = int(pax["uid"])
+                if "gid" in pax:
+                    m.gid = int(pax["gid"])
+                if "mtime" in pax:
+                    m.mtime = float(pax["mtime"])
+            except ValueError as exc:
+                raise InvalidArgument(f"layer tar has a bad pax header for {m.name!r}: {exc}") from exc
+        if m.type == tarfile.DIRTYPE:
+            m.name = m.name.rstrip("/")
+        m.size = size
+        m.offset_data = self.reader.pos
+        # as tarfile: no data follows a link, device, directory or FIFO header, whatever
+        # its size field says
+        self._next = self.reader.pos + (0 if typ in _HEADER_ONLY else size + (-size % _BLOCK))
+        return m
+
+    def _sparse(self, headers: bytes) -> tarfile.TarInfo:
+        replay = _ForwardReader(_PrefixedReader(headers, self.reader))  # type: ignore[arg-type]
+        try:
+            tar = tarfile.TarFile(fileobj=replay, mode="r")  # type: ignore[arg-type]
+        except tarfile.TarError as exc:
+            raise InvalidArgument(f"layer tar has a bad sparse member: {exc}; the archive is corrupt") from exc
+        m = tar.firstmember
+        if m is None:
+            raise InvalidArgument("layer tar ends inside a sparse member; the archive is incomplete")
+        if self._globals:
+            m.pax_headers = {**self._globals, **m.pax_headers}
+        self.reader = replay
+        self.sparse_tar = tar
+        self._next = tar.offset
+        return m
+
+    def copy_data(self, m: tarfile.TarInfo, fd: int) -> None:
+        """Write the data of ``m`` (the member just returned) to ``fd``."""
+        if self.sparse_tar is not None:
+            src = self.sparse_tar.extractfile(m)
+            assert src is not None
+            while chunk := src.read(_BUFSIZE):
+                os.write(fd, chunk)
+            return
+        reader = self.reader
+        left = m.size
+        while left:
+            chunk = reader.read(min(left, _BUFSIZE))
+            if not chunk:
+                raise InvalidArgument(f"layer tar is truncated inside {m.name!r}; the file is incomplete")
+            left -= len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o7777  # unknown: never fold the mode into open()
+
+
 class _Extractor:
     """One extraction: tracks the directories already known not to be symlinks."""
 
@@ -208,6 +402,7 @@ class _Extractor:
         self.safe_dirs: set[str] = {""}
         self.dir_times: list[tuple[str, int]] = []
         self.size = 0
+        self.umask = _umask()
 
     def _ensure_parent(self, parts: list[str], name: str) -> str:
         """Make the entry's parent directories; refuse a parent that is not a real dir."""
@@ -250,7 +445,7 @@ class _Extractor:
         else:
             os.unlink(path)
 
-    def _meta(self, path: str, m: tarfile.TarInfo, fd: int | None = None) -> None:
+    def _meta(self, path: str, m: tarfile.TarInfo, fd: int | None = None, mode_set: bool = False) -> None:
         target: int | str = fd if fd is not None else path
         follow = fd is not None
         if _IS_ROOT:
@@ -265,13 +460,13 @@ class _Extractor:
                     raw = value.encode("utf-8", "surrogateescape")
                     with contextlib.suppress(PermissionError):
                         os.setxattr(target, xname, raw, follow_symlinks=follow or not m.issym())
-        if not m.issym():
+        if not m.issym() and not mode_set:
             os.chmod(target, m.mode & 0o7777)
         if not m.isdir():
             mt = int(m.mtime * 1_000_000_000)
             os.utime(target, ns=(mt, mt), follow_symlinks=follow)
 
-    def entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def entry(self, tar: _TarStream, m: tarfile.TarInfo) -> None:
         parts = _clean_name(m.name, "entry")
         if not parts:  # the root of the layer itself
             if m.isdir():
@@ -284,17 +479,11 @@ class _Extractor:
             return
         path = self._ensure_parent(parts, m.name)
         rel = "/".join(parts)
-        self._clear(path, rel, keep_dir=m.isdir())
         if m.isreg():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                if m.size:
-                    self._copy_data(tar, m, fd)
-                    self.size += m.size
-                self._meta(path, m, fd)
-            finally:
-                os.close(fd)
-        elif m.isdir():
+            self._regular(tar, m, path, rel)
+            return
+        self._clear(path, rel, keep_dir=m.isdir())
+        if m.isdir():
             if not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             self.safe_dirs.add(rel)
@@ -321,24 +510,24 @@ class _Extractor:
         else:
             raise InvalidArgument(f"layer tar entry {m.name!r} has an unsupported type {m.type!r}")
 
-    def _copy_data(self, tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
-        if m.issparse():
-            src = tar.extractfile(m)
-            assert src is not None
-            while chunk := src.read(_BUFSIZE):
-                os.write(fd, chunk)
-            return
-        reader = tar.fileobj
-        reader.seek(m.offset_data)  # type: ignore[union-attr]
-        left = m.size
-        while left:
-            chunk = reader.read(min(left, _BUFSIZE))  # type: ignore[union-attr]
-            if not chunk:
-                raise InvalidArgument(f"layer tar is truncated inside {m.name!r}; the file is incomplete")
-            left -= len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
+    def _regular(self, tar: _TarStream, m: tarfile.TarInfo, path: str, rel: str) -> None:
+        mode = m.mode & 0o7777
+        # the mode goes in with open() unless the umask would cut it or a later fchown
+        # would clear its set-id bits; then fchmod sets it after
+        folded = not mode & (self.umask | 0o6000)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, mode if folded else 0o600)
+        except FileExistsError:
+            self._clear(path, rel, keep_dir=False)  # a later entry wins (rare: no lstat first)
+            fd = os.open(path, flags, mode if folded else 0o600)
+        try:
+            if m.size:
+                tar.copy_data(m, fd)
+                self.size += m.size
+            self._meta(path, m, fd, mode_set=folded)
+        finally:
+            os.close(fd)
 
     def _hardlink(self, parts: list[str], m: tarfile.TarInfo, path: str) -> None:
         if m.linkname.startswith("/"):
@@ -401,11 +590,11 @@ def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False) -> t
     reader = _ForwardReader(hashing)
     ex = _Extractor(dest, allow_devices)
     try:
-        tar = tarfile.TarFile(fileobj=reader, mode="r")  # type: ignore[arg-type]
+        tar = _TarStream(reader)
         for member in tar:
             ex.entry(tar, member)
         # the digest covers the whole stream, end-of-archive padding included
-        while reader.read(_BUFSIZE):
+        while tar.reader.read(_BUFSIZE):
             pass
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, UnicodeError) as exc:
         raise InvalidArgument(f"not a valid layer tar: {exc}; check the file is a tar or tar.gz") from exc

@@ -206,3 +206,94 @@ def test_devices_allowed_on_request(tmp):
 def test_garbage_is_invalid_argument(tmp):
     with pytest.raises(InvalidArgument, match="not a valid layer tar"):
         apply_tar(io.BytesIO(b"\x1f\x8b" + b"nonsense" * 100), tmp)
+
+
+# --- the hand-written header parser: formats other tools write, and damage ---
+
+def _gnu_tar(tmp: str, *args: str) -> bytes:
+    """A tar written by GNU tar itself (not Python's tarfile) from the tree ``tmp/src``."""
+    import subprocess
+
+    out = f"{tmp}/gnu.tar"
+    subprocess.run(["tar", *args, "-cf", out, "-C", f"{tmp}/src", "."], check=True)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix", "ustar"])
+def test_gnu_tar_formats_long_names_sparse_and_modes_extract_exactly(tmp, fmt):
+    src = f"{tmp}/src"
+    deep = f"{src}/{'d' * 60}/{'e' * 60}"
+    os.makedirs(deep)
+    with open(f"{deep}/{'f' * 90}", "w") as f:
+        f.write("long")
+    with open(f"{src}/sparse", "wb") as f:
+        f.seek(3 << 20)
+        f.write(b"tail")
+        f.seek(0)
+        f.write(b"head")
+    with open(f"{src}/setuid", "w") as f:
+        f.write("s")
+    os.chmod(f"{src}/setuid", 0o4755)
+    with open(f"{src}/open", "w") as f:
+        f.write("o")
+    os.chmod(f"{src}/open", 0o666)  # wider than the umask: must not be cut
+    os.chown(f"{src}/open", 1234, 5678)
+    if fmt == "posix":
+        os.setxattr(f"{src}/open", "user.k", b"v")
+    for dirpath, dirnames, filenames in os.walk(src, topdown=False):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (1_500_000_000, 1_500_000_000))
+    extra = (["--xattrs"] if fmt == "posix" else []) + ([] if fmt == "ustar" else ["--sparse"])
+    data = _gnu_tar(tmp, f"--format={fmt}", "--numeric-owner", *extra)
+    dest = f"{tmp}/dest"
+    os.mkdir(dest)
+    old = os.umask(0o022)
+    try:
+        _, size = apply_tar(io.BytesIO(data), dest)
+    finally:
+        os.umask(old)
+    want = _tree(src)
+    want.pop("", None)
+    got = _tree(dest)
+    assert got == want
+    assert os.stat(f"{dest}/open").st_mode & 0o7777 == 0o666
+    assert os.stat(f"{dest}/setuid").st_mode & 0o7777 == 0o4755
+    assert size == sum(os.lstat(os.path.join(d, n)).st_size for d, _, fs in os.walk(src) for n in fs)
+
+
+def test_a_later_entry_replaces_an_earlier_file(tmp):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for content in (b"first version", b"second"):
+            ti = tarfile.TarInfo("etc/conf")
+            ti.size = len(content)
+            tar.addfile(ti, io.BytesIO(content))
+    buf.seek(0)
+    apply_tar(buf, tmp)
+    with open(f"{tmp}/etc/conf", "rb") as f:
+        assert f.read() == b"second"
+
+
+def _two_files() -> bytearray:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("a", "b"):
+            ti = tarfile.TarInfo(name)
+            ti.size = 600
+            tar.addfile(ti, io.BytesIO(b"x" * 600))
+    return bytearray(buf.getvalue())
+
+
+def test_a_bad_header_checksum_anywhere_is_refused(tmp):
+    data = _two_files()
+    data[1536 + 10] ^= 0x01  # the second member's header (after 512 + 1024 bytes)
+    with pytest.raises(InvalidArgument, match="bad checksum"):
+        apply_tar(io.BytesIO(bytes(data)), tmp)
+
+
+@pytest.mark.parametrize("cut", [1536 + 100, 1536 + 512 + 100])
+def test_a_truncated_archive_is_refused(tmp, cut):
+    data = bytes(_two_files()[:cut])
+    with pytest.raises(InvalidArgument, match="truncated"):
+        apply_tar(io.BytesIO(data), tmp)
