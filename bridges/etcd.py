@@ -17,12 +17,12 @@ blocking :class:`~bridges.sync.Registry` interface.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import BridgeError, RegistryUnavailable, SessionExpired
+from .loopthread import LoopThread
 from .services import Service
 from .sync import HostInfo, Registry
 
@@ -53,10 +53,7 @@ class EtcdRegistry(Registry):
         self.prefix = "/" + prefix.strip("/")
         self.ttl = ttl
         self.timeout = timeout
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="cbx-etcd-loop")
-        self._thread.start()
+        self._loop = LoopThread("cbx-etcd-loop")
         self._client: Any = None
         self._lease: Any = None
         self._next = 0
@@ -99,18 +96,12 @@ class EtcdRegistry(Registry):
             if self._client is not None:
                 await self._client.close()
 
-        try:
-            asyncio.run_coroutine_threadsafe(shut(), self._loop).result(self.timeout)
-        except Exception:  # noqa: BLE001 -- closing a broken connection: nothing to add
-            pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(self.timeout)
+        self._loop.close(shut(), self.timeout)
 
     # -- the loop thread -------------------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(self.timeout * (len(self.endpoints) + 2))
+        return self._loop.run(coro, self.timeout * (len(self.endpoints) + 2))
 
     async def _connected(self) -> Any:
         """The current client with a live lease, connecting (or failing over) if needed."""

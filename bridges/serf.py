@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 from .errors import BridgeError, RegistryUnavailable, SessionExpired
+from .loopthread import LoopThread
 from .services import Service
 from .sync import HostInfo, Registry
 
@@ -165,16 +165,13 @@ class SerfRegistry(Registry):
     def __init__(self, rpc: str, *, timeout: float = 3.0) -> None:
         self.rpc = rpc
         self.timeout = timeout
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="cbx-serf-loop")
-        self._thread.start()
+        self._loop = LoopThread("cbx-serf-loop")
         self._client: SerfClient | None = None
         self._announced: dict[str, Service] = {}
         self._reset_sent = False  # connects on first use: an agent that is down is retried
 
     def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout * 3)
+        return self._loop.run(coro, self.timeout * 3)
 
     async def _connected(self) -> SerfClient:
         if self._client is None or self._client.closed.is_set():
@@ -243,9 +240,4 @@ class SerfRegistry(Registry):
             if self._client is not None:
                 await self._client.close()
 
-        try:
-            asyncio.run_coroutine_threadsafe(shut(), self._loop).result(self.timeout)
-        except Exception:  # noqa: BLE001 -- closing a broken connection: nothing to add
-            pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(self.timeout)
+        self._loop.close(shut(), self.timeout)

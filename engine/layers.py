@@ -32,24 +32,6 @@ _LINK_LEN = 26
 _GZIP_LEVEL = 1
 
 
-class _Counting:
-    """A write-only file that hashes and counts what passes through to ``out``."""
-
-    def __init__(self, out: IO[bytes], digest) -> None:  # type: ignore[no-untyped-def]
-        self._out = out
-        self.digest = digest
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.count += len(data)
-        self._out.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._out.flush()
-
-
 def layer_hex(diff_id: str) -> str:
     """The hex digest of ``sha256:<hex>`` (or of bare hex); InvalidArgument otherwise."""
     hexpart = diff_id[7:] if diff_id.startswith("sha256:") else diff_id
@@ -163,12 +145,11 @@ class LayerStore:
         length, the uncompressed tar's sha256) and remembers it for :meth:`exported`.
         """
         import gzip
-        import hashlib
 
-        from engine.tarlayer import diff_tar
+        from engine.tarlayer import HashingWriter, diff_tar
 
         src = self.path(diff_id)
-        blob = _Counting(out, hashlib.sha256())
+        blob = HashingWriter(out)
         if compress:
             # mtime=0 and no file name: the same tar always compresses to the same blob
             with gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz:  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ import shutil
 import stat
 import tarfile
 import threading
+import zlib
 from collections.abc import Iterator
 from typing import IO, BinaryIO
 
@@ -154,8 +155,8 @@ class _PrefixedReader(io.RawIOBase):
         return len(data)
 
 
-class _HashingWriter:
-    """A write-only file that hashes and counts what passes through to ``out``."""
+class HashingWriter:
+    """A write-only file that hashes (sha256) and counts what passes through to ``out``."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
@@ -596,7 +597,8 @@ def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False) -> t
         # the digest covers the whole stream, end-of-archive padding included
         while tar.reader.read(_BUFSIZE):
             pass
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, UnicodeError) as exc:
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, UnicodeError) as exc:
+        # zlib.error: corrupt deflate data inside a well-formed gzip header
         raise InvalidArgument(f"not a valid layer tar: {exc}; check the file is a tar or tar.gz") from exc
     finally:
         hashing.stop()
@@ -641,7 +643,7 @@ def diff_tar(diffdir: str, out: IO[bytes]) -> tuple[str, int]:
     device 0/0) become ``.wh.NAME`` and opaque directories get a ``.wh..wh..opq`` entry
     right after their own.  Returns ``(diff_id, size)`` as :func:`apply_tar` does.
     """
-    sink = _HashingWriter(out)
+    sink = HashingWriter(out)
     size = 0
     seen_inodes: dict[tuple[int, int], str] = {}
     tar = tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_BUFSIZE)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from engine import fsutil
 from engine.errors import Conflict
 
 RUN_DIR = os.environ.get("CHANBOX_NET_RUN") or "/run/chanbox/net"
@@ -133,7 +134,7 @@ def reclaim(bridge: str) -> int:
             path = os.path.join(d, name)
             if name.startswith(".new-"):
                 pid = name.split("-")[1]
-                if pid.isdigit() and _alive(int(pid)):
+                if pid.isdigit() and fsutil.pid_alive(int(pid)):
                     continue
             if _free(path):
                 freed += 1
@@ -187,13 +188,3 @@ def holders(bridge: str) -> dict[str, dict[str, Any]]:
         except (FileNotFoundError, ValueError):
             continue
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -72,7 +72,7 @@ def test_entries_of_a_dead_bridge_expire(etcd: Etcd, zk: ZooKeeper) -> None:
         reg.register_host(HostInfo(id="h1", endpoint="e"))
     # a bridge that dies without a word: its keep-alive stops (etcd), its session is
     # dropped (ZooKeeper closes it at once on a clean close; the timeout covers a kill)
-    regs[0]._loop.call_soon_threadsafe(regs[0]._keepalive.cancel)
+    regs[0]._loop.call_soon(regs[0]._keepalive.cancel)
     regs[1].close()
     readers = [EtcdRegistry(etcd.endpoint, prefix="/cbx-t2"),
                ZooKeeperRegistry(zk.hosts, prefix="/cbx-t2")]

@@ -297,3 +297,32 @@ def test_a_truncated_archive_is_refused(tmp, cut):
     data = bytes(_two_files()[:cut])
     with pytest.raises(InvalidArgument, match="truncated"):
         apply_tar(io.BytesIO(data), tmp)
+
+
+def test_corrupt_gzip_data_is_refused_with_a_clear_error(tmp_path) -> None:
+    import zlib
+
+    # compressible content, so a flipped byte breaks the deflate stream itself (zlib.error)
+    # and not only the trailing CRC (BadGzipFile)
+    raw = io.BytesIO()
+    data = b"".join(b"line %d of a compressible layer\n" % i for i in range(20000))
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        info = tarfile.TarInfo("f")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    good = gzip.compress(raw.getvalue())
+    for pos in range(len(good) // 3, len(good) - 20):
+        blob = bytearray(good)
+        blob[pos] ^= 0xFF
+        try:
+            gzip.decompress(bytes(blob))
+        except zlib.error:
+            break
+        except (gzip.BadGzipFile, EOFError):
+            continue
+    else:
+        pytest.fail("no single-byte flip broke the deflate stream")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(InvalidArgument, match="not a valid layer"):
+        apply_tar(io.BytesIO(bytes(blob)), str(dest))
