@@ -1,4 +1,4 @@
-"""Session-wide clean-up: the host devices the engine makes once for everyone.
+"""Session-wide settings and clean-up.
 
 The default bridge ``cbx0`` is host-wide, like docker0, so no single test owns it.  A
 test session that found no ``cbx0`` removes the one its containers made, once nothing
@@ -11,6 +11,11 @@ import os
 import time
 
 import pytest
+
+# The bridges' etcd client (aetcd) runs on gRPC, whose fork handlers start threads in a
+# forked child and abort it ("pthread_create failed").  The runtime's tests fork
+# monitors from this process after the etcd tests ran: they must not inherit that.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 _BRIDGE = "cbx0"
 _HAD_BRIDGE = os.path.exists(f"/sys/class/net/{_BRIDGE}")
