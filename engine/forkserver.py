@@ -29,13 +29,8 @@ from typing import Any, Callable
 
 import msgpack
 
-from engine import errors, monitor, monitor_client
+from engine import errors, monitor_client
 from engine.spec import ContainerSpec
-
-try:  # written by the runtime engineer: the default way to start a container
-    from engine import runtime as _runtime
-except ImportError:  # pragma: no cover - depends on what has landed
-    _runtime = None
 
 _MAX_MESSAGE = 1 << 20
 
@@ -140,8 +135,9 @@ def _serve(sock: socket.socket, starter: Any) -> int:
     # (which never needs them): the import runs beside the engine's own work, and the
     # monitors share these pages.
     from engine import monitor
-    from engine.network import ipam, proxy  # noqa: F401 -- what a monitor of a bridge
-    # container imports: here once and shared, not once per monitor (~2 MiB each)
+    # what a monitor of a bridge container imports: here once and shared, not once per
+    # monitor (~2 MiB each)
+    from engine.network import ipam, proxy  # noqa: F401
 
     if starter is None:
         from engine import runtime as starter

@@ -10,8 +10,12 @@ one per line, so they can be read, diffed and copied by hand.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from chan import CurveKeys
 
 _SECRET_TAG = "secret "
 _PUBLIC_TAG = "public "
@@ -51,7 +55,7 @@ def _fields(path: str) -> dict[str, bytes]:
     return out
 
 
-def load_pair(path: str) -> "CurveKeys":  # noqa: F821 -- chan is imported lazily
+def load_pair(path: str) -> CurveKeys:
     """The key pair in a ``.key`` file."""
     from chan import CurveKeys
 
