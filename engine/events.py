@@ -66,7 +66,8 @@ def _wakeup(directory: str) -> threading.Condition:
 # -- filters ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Filters:
-    """Which events a consumer wants: values of one key OR together, keys AND together."""
+    """Which events a consumer wants: values of one key OR together (``label`` values AND,
+    as Docker's do), keys AND together."""
 
     fields: tuple[tuple[str, frozenset[str]], ...]
 
@@ -115,12 +116,13 @@ def _match_image(values: frozenset[str], ev: dict[str, Any]) -> bool:
 
 
 def _match_label(values: frozenset[str], ev: dict[str, Any]) -> bool:
+    # Docker ANDs labels (`--filter label=a --filter label=b`: both), unlike other keys
     attrs = ev.get("attributes") or {}
     for v in values:
         key, eq, value = v.partition("=")
-        if key in attrs and (not eq or attrs[key] == value):
-            return True
-    return False
+        if key not in attrs or (eq and attrs[key] != value):
+            return False
+    return True
 
 
 _MATCHERS = {"type": _match_type, "event": _match_event, "container": _match_container,

@@ -303,7 +303,8 @@ def mixed(root: str) -> Journal:
     (["image=busybox"], [1, 2, 4]),
     (["label=backup"], [3, 5]),
     (["label=tier=front"], [1, 2]),
-    (["label=tier=front", "label=backup"], [1, 2, 3, 5]),
+    (["label=tier=front", "label=backup"], []),  # labels AND, as Docker's do
+    (["label=tier=back", "label=backup"], [3, 5]),
     (["label=tier=front", "event=create"], [1]),
     (["label=tier=nope"], []),
     ({"type": ["container"], "event": ["die"]}, [5]),
