@@ -87,14 +87,9 @@ def connect(endpoint: str, *, key_file: str | None = None,
             server_key_file: str | None = None, timeout: float = 3.0) -> Client:
     """A client of the daemon at ``endpoint`` (``ipc://``, ``tcp://``; CurveZMQ when
     given this client's key pair file and the daemon's public key file)."""
-    curve = server_key = None
-    if key_file or server_key_file:
-        from . import keys
+    from .keys import client_curve
 
-        if not (key_file and server_key_file):
-            raise errors.InvalidArgument("CurveZMQ needs both this client's key pair "
-                                         "(--key) and the daemon's public key (--server-key)")
-        curve, server_key = keys.load_pair(key_file), keys.load_public(server_key_file)
+    curve, server_key = client_curve(key_file, server_key_file)
     try:
         session = chan.connect(endpoint, curve=curve, server_key=server_key, timeout=timeout)
     except chan.SessionLost as exc:

@@ -74,6 +74,18 @@ def load_public(path: str) -> bytes:
     return f["public"]
 
 
+def client_curve(key_file: str | None,
+                 server_key_file: str | None) -> tuple[CurveKeys | None, bytes | None]:
+    """A client's CurveZMQ settings from its key pair file and the daemon's public key
+    file: (keys, server key), or (None, None) for a plain connection."""
+    if not (key_file or server_key_file):
+        return None, None
+    if not (key_file and server_key_file):
+        raise InvalidArgument("CurveZMQ needs both this client's key pair (--key) and the "
+                              "daemon's public key (--server-key)")
+    return load_pair(key_file), load_public(server_key_file)
+
+
 def load_allowed(directory: str) -> list[bytes]:
     """The public keys of every ``*.pub`` file in ``directory``."""
     try:

@@ -78,14 +78,9 @@ class AsyncClient:
 async def connect(endpoint: str, *, key_file: str | None = None,
                   server_key_file: str | None = None, timeout: float = 3.0) -> AsyncClient:
     """A client of the daemon at ``endpoint`` (CurveZMQ with both key files)."""
-    curve = server_key = None
-    if key_file or server_key_file:
-        from engine import keys
+    from engine.keys import client_curve
 
-        if not (key_file and server_key_file):
-            raise errors.InvalidArgument("CurveZMQ needs both this client's key pair "
-                                         "(--key) and the daemon's public key (--server-key)")
-        curve, server_key = keys.load_pair(key_file), keys.load_public(server_key_file)
+    curve, server_key = client_curve(key_file, server_key_file)
     try:
         session = await chan.aio.connect(endpoint, curve=curve, server_key=server_key,
                                          timeout=timeout)

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from engine import fsutil
+from tests.procs import stop_process
 
 
 def free_port() -> int:
@@ -48,13 +49,8 @@ class Server:
                                      env=env, start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, sig)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
@@ -115,7 +111,7 @@ class ZooKeeper(Server):
     def start(self) -> None:
         # Debian's zookeeper.jar names its dependencies in its manifest
         self._spawn(["java", "-Xmx128m", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
-                     "-cp", f"/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
+                     "-cp", "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
                      "-Dzookeeper.log.dir=" + self.dir, "-Dzookeeper.root.logger=WARN,CONSOLE",
                      "org.apache.zookeeper.server.quorum.QuorumPeerMain", self.conf])
         wait_port(self.port, self.proc, "zookeeper", timeout=60)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.engine.conftest import CHANBOX, FORKER, needs_root, remove_root
+from tests.engine.conftest import CHANBOX, FORKER, needs_root, remove_root, stop_process
 from tests.engine.test_daemon import DaemonProc
 
 from .servers import Etcd, Serf, ZooKeeper, free_port
@@ -85,13 +85,7 @@ class BridgeProc:
             time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.log.close()
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine import fsutil
-from tests.engine.conftest import CHANBOX, FORKER, needs_root, remove_root
+from tests.engine.conftest import CHANBOX, FORKER, needs_root, remove_root, stop_process
 from tests.engine.test_daemon import DaemonProc
 
 DOCKER = shutil.which("docker")
@@ -61,13 +61,7 @@ class BridgeProc:
                               timeout=timeout, env=self.env)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 
 from engine import fsutil
 from engine.forkserver import ForkServer
+from tests.procs import stop_process  # noqa: F401 (for the tests that import it from here)
 
 if TYPE_CHECKING:
     from engine.client import Client
@@ -79,6 +80,14 @@ def engine(image_root: str) -> Iterator[Engine]:
                 eng.rm(c.id, force=True)
             except Exception as exc:  # noqa: BLE001 -- report, then go on cleaning
                 print(f"cleanup of container {c.id[:12]} failed: {exc!r}", file=sys.stderr)
+
+
+@pytest.fixture
+def tmp() -> Iterator[str]:
+    """A fresh ``cbx-`` temporary directory, removed after the test."""
+    path = tempfile.mkdtemp(prefix="cbx-")
+    yield path
+    fsutil.remove_tree(path)
 
 
 @pytest.fixture

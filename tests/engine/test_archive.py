@@ -9,23 +9,15 @@ import json
 import os
 import stat
 import tarfile
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
-from engine import archive, fsutil
+from engine import archive
 from engine.errors import InvalidArgument, NotFound
 from engine.images import ImageStore
 
 from .conftest import cli
 
-
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="cbx-")
-    yield path
-    fsutil.remove_tree(path)
 
 
 def _sha(data: bytes) -> str:

@@ -22,7 +22,7 @@ from engine import fsutil
 from engine.client import Client, connect
 from engine.errors import NotRunning
 
-from .conftest import CHANBOX, FORKER, needs_root, remove_root
+from .conftest import CHANBOX, FORKER, needs_root, remove_root, stop_process
 
 pytestmark = needs_root
 
@@ -55,14 +55,7 @@ class DaemonProc:
                               capture_output=True, timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-import tarfile
-import tempfile
 import textwrap
 
 import pytest
@@ -17,20 +15,11 @@ import pytest
 from engine import refs
 from engine.busybox import import_busybox, make_rootfs
 from engine.errors import Conflict, InvalidArgument, NotFound
-from engine.fsutil import remove_tree
 from engine.images import ImageStore
 from engine.tarlayer import diff_tar
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-@pytest.fixture
-def tmp():
-    path = tempfile.mkdtemp(prefix="cbx-")
-    try:
-        yield path
-    finally:
-        remove_tree(path)
 
 
 @pytest.fixture

@@ -10,15 +10,13 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
 from engine import fsutil
 
 from .conftest import cli
-from .test_registry import Registry
+from .test_registry import Registry, registry  # noqa: F401 (the fixture)
 
 TOOLS = [t for t in ("umoci", "skopeo", "docker-registry") if shutil.which(t) is None]
 pytestmark = [
@@ -27,18 +25,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    reg = Registry()
-    yield reg
-    reg.close()
 
-
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="cbx-")
-    yield path
-    fsutil.remove_tree(path)
 
 
 def run(*args: str) -> str:

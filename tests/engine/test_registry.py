@@ -154,12 +154,6 @@ def registry() -> Iterator[Registry]:
     reg.close()
 
 
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="cbx-")
-    yield path
-    fsutil.remove_tree(path)
-
 
 def make_image(store: ImageStore, ref: str, files: dict[str, bytes], tmp: str, parent: str | None = None) -> str:
     """An image of ``files`` (a child of ``parent`` if given) tagged ``ref``; its id."""

@@ -7,22 +7,12 @@ import io
 import os
 import stat
 import tarfile
-import tempfile
 
 import pytest
 
 from engine.errors import InvalidArgument
-from engine.fsutil import remove_tree
 from engine.tarlayer import apply_tar, diff_tar
 
-
-@pytest.fixture
-def tmp():
-    path = tempfile.mkdtemp(prefix="cbx-")
-    try:
-        yield path
-    finally:
-        remove_tree(path)
 
 
 def _tree(root: str) -> dict[str, tuple]:
