@@ -15,12 +15,16 @@ import chan
 
 from . import errors
 
-_BY_CODE: dict[str, type[errors.EngineError]] = {}
-for _cls in (errors.EngineError, errors.InvalidArgument, errors.NotFound, errors.Conflict,
-             errors.NotRunning, errors.CorruptState, errors.RuntimeFailure,
-             errors.CommandNotFound, errors.CommandNotInvokable, errors.RegistryError,
-             errors.Unauthorized):
-    _BY_CODE[_cls.code] = _cls
+
+def _by_code(cls: type[errors.EngineError]) -> dict[str, type[errors.EngineError]]:
+    """Every class of the hierarchy under ``cls``, by its stable code."""
+    out = {cls.code: cls}
+    for sub in cls.__subclasses__():
+        out.update(_by_code(sub))
+    return out
+
+
+_BY_CODE = _by_code(errors.EngineError)
 
 
 def engine_error(exc: chan.RemoteError) -> errors.EngineError:

@@ -17,9 +17,11 @@ import pytest
 # monitors from this process after the etcd tests ran: they must not inherit that.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-_BRIDGE = "cbx0"
+from engine.network import ipam  # noqa: E402 -- light: no pyroute2
+from engine.network.networks import DEFAULT_BRIDGE as _BRIDGE  # noqa: E402
+
 _HAD_BRIDGE = os.path.exists(f"/sys/class/net/{_BRIDGE}")
-_RECORD = os.path.join(os.environ.get("CHANBOX_NET_RUN") or "/run/chanbox/net", _BRIDGE + ".json")
+_RECORD = os.path.join(ipam.RUN_DIR, _BRIDGE + ".json")
 _HAD_RECORD = os.path.exists(_RECORD)
 
 
@@ -32,7 +34,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if time.monotonic() > deadline:
             return  # something still runs on it (a container a test did not remove)
         time.sleep(0.1)
-    from engine.network import bridge, ipam
+    from engine.network import bridge
 
     bridge.remove(_BRIDGE)
     if not _HAD_RECORD and os.path.exists(_RECORD):

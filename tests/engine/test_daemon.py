@@ -394,3 +394,21 @@ def test_a_client_that_stops_reading_does_not_grow_the_daemon(daemon: DaemonProc
     finally:
         client.close()
         daemon.cli("rm", "-f", cid)
+
+
+def test_key_mistakes_are_named(daemon_root: str, tmp_path) -> None:
+    name = str(tmp_path / "cbx-k")
+    first = subprocess.run([CHANBOX, "keys", "generate", name], capture_output=True, timeout=30)
+    assert first.returncode == 0 and out(first).split() == [name + ".key", name + ".pub"]
+    again = subprocess.run([CHANBOX, "keys", "generate", name], capture_output=True, timeout=30)
+    assert again.returncode == 125 and "exists already" in again.stderr.decode()
+    p = subprocess.run([CHANBOX, "--root", daemon_root, "daemon", "--listen", "tcp://127.0.0.1:0",
+                        "--key", name + ".key"], capture_output=True, timeout=30)
+    assert p.returncode == 125 and "--allow" in p.stderr.decode()
+    p = subprocess.run([CHANBOX, "-H", "tcp://127.0.0.1:1", "--key", name + ".key", "version"],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 125 and "needs both" in p.stderr.decode()
+    (tmp_path / "bad.key").write_text("public short\n")
+    p = subprocess.run([CHANBOX, "-H", "tcp://127.0.0.1:1", "--key", str(tmp_path / "bad.key"),
+                        "--server-key", name + ".pub", "version"], capture_output=True, timeout=30)
+    assert p.returncode == 125 and "40 Z85 characters" in p.stderr.decode()
