@@ -170,7 +170,7 @@ def _close_ends(value: Any) -> None:
 class _Args:
     """Typed access to a request's args, with errors that name the verb and the arg."""
 
-    _TYPES: dict[type, tuple[type, ...]] = {float: (int, float), int: (int,)}
+    _TYPES: dict[type, tuple[type, ...]] = {float: (int, float)}  # an int is a fine float
 
     def __init__(self, verb: str, args: dict[str, Any]) -> None:
         self.verb = verb
@@ -183,9 +183,9 @@ class _Args:
                 raise InvalidArgument(f"{self.verb}: missing argument {key!r}")
             return default
         v = self.args[key]
-        types = self._TYPES.get(typ, typ) if isinstance(typ, type) else typ
-        if not isinstance(v, types) or (isinstance(v, bool) and bool not in
-                                          (types if isinstance(types, tuple) else (types,))):
+        types = self._TYPES.get(typ, (typ,)) if isinstance(typ, type) else typ
+        # bool is an int subclass: true is not a memory limit or a timeout
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
             raise InvalidArgument(f"{self.verb}: argument {key!r} must be "
                                   f"{_type_name(typ)}, not {type(v).__name__}")
         return v
