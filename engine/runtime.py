@@ -8,10 +8,11 @@ The sequence, between the monitor (parent) and the child it forks::
       seccomp BPF, capability drops
     unshare(CLONE_NEWPID)
     pipe (close-on-exec)  ── fork ──────────▶ pid 1 of the new pid namespace
-    write pid to each                         unshare mnt/uts/ipc[/net]
-      cgroup.procs                            / rprivate; overlay; /proc /dev /sys; masks
-      (meanwhile)                             pivot_root; hostname; lo up
-    go-ahead ───────────────────────────────▶ wait for it; user; caps;
+    (v2: write pid to cgroup.procs)           (v1: write 0 to each cgroup's tasks)
+                                              unshare mnt/uts/ipc[/net]
+                                              / rprivate; overlay; /proc /dev /sys; masks
+                                              pivot_root; hostname; lo up
+    (v2: go-ahead) ─────────────────────────▶ (v2: wait for it); user; caps;
                                               setsid; stdio; no_new_privs; seccomp
     read(pipe) ◀──── EOF at execve ────────── execve(argv)           (success)
                ◀──── "errno\\0kind\\0stage" ─ _exit(125|126|127)      (failure)
@@ -29,7 +30,7 @@ import os
 import signal
 from typing import Any
 
-from engine import rootfs, security, syscalls
+from engine import cgroups, rootfs, security, syscalls
 from engine.network import netlink
 from engine.errors import (
     CommandNotFound,
@@ -71,7 +72,8 @@ class _Process:
         self.user = proc.user
         self.cwd = os.fsencode(proc.cwd or "/")
         self.terminal = proc.terminal
-        self.cgroup_procs = [os.fsencode(os.path.join(d, "cgroup.procs")) for d in spec.cgroups]
+        # v1: the child joins itself (fast); v2: the parent moves it (see join_files)
+        self.cgroup_tasks, self.cgroup_procs = cgroups.join_files(spec.cgroups)
         self.confine = security.Confinement(spec.privileged)
 
 
@@ -150,19 +152,23 @@ def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
 def _spawn(proc: _Process, stdin: int, stdout: int, stderr: int, setup: Any) -> int:
     """Fork the child that runs ``setup`` then execs ``proc``; its PID once exec'd.
 
-    The parent moves the child into its cgroups while the child builds the container:
-    on cgroup v1 the first migration waits for an RCU grace period (5-10 ms here), time
-    the child spends mounting instead of waiting.  The child execs only after the
+    The child enters its v1 cgroups itself, first thing.  v2 cgroups are joined by the
+    parent while the child builds the container (time the child spends mounting instead
+    of waiting, see :func:`cgroups.join_files`); the child then execs only after the
     parent's go-ahead, so the command never runs outside its limits.
     """
     r, w = _pipe()
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC) if proc.cgroup_procs else (-1, -1)
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        os.close(go_w)
+        if go_w >= 0:
+            os.close(go_w)
         _child(w, go_r, proc, stdin, stdout, stderr, setup)
     os.close(w)
+    if go_w < 0:
+        _await_exec(pid, r, proc.argv[0].decode("utf-8", "replace"))
+        return pid
     os.close(go_r)
     try:
         pid_b = b"%d" % pid
@@ -227,10 +233,13 @@ def _child(w: int, go: int, proc: _Process, stdin: int, stdout: int, stderr: int
     try:
         try:
             os.umask(0)
+            for tasks in proc.cgroup_tasks:
+                _write(tasks, b"0", "join cgroup")
             setup()
-            if os.read(go, 1) != b"g":
-                return  # the parent could not put us in our cgroups; it reports that
-            os.close(go)
+            if go >= 0:
+                if os.read(go, 1) != b"g":
+                    return  # the parent could not put us in our cgroups; it reports that
+                os.close(go)
             _finish(proc, stdin, stdout, stderr)
         except rootfs.StepFailed as exc:
             _report(w, exc.errno, _SETUP, exc.stage)

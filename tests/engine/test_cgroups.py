@@ -11,7 +11,7 @@ import pytest
 
 from engine import cgroups, runtime
 from engine.errors import InvalidArgument
-from engine.spec import Limits
+from engine.spec import Limits, ProcessSpec
 from tests.engine import test_runtime as rt
 
 # the busybox image and container fixtures are test_runtime's (no shared conftest)
@@ -136,6 +136,58 @@ def test_half_a_cpu_is_throttled(make, cgroup):
     if "cpuacct.usage" in stat:
         used = int(stat["cpuacct.usage"]) / 1e9
         assert 0.15 < used < 0.45, used
+
+
+def _in_container_cgroups(proc_cgroup: str, container_id: str) -> int:
+    """How many hierarchies of a /proc/PID/cgroup text put the process in the container's
+    own cgroup."""
+    return sum(line.endswith(f"/cbx/{container_id}")
+               for line in proc_cgroup.splitlines())
+
+
+def test_init_and_exec_run_inside_every_cgroup_of_the_container(make, cgroup):
+    # v1: the child moves itself (cgroups.join_files); it must be in every hierarchy
+    # before the command runs, and so must a process that `exec` starts.
+    paths = cgroup(Limits(pids=50))
+    cid = os.path.basename(paths[0])
+    own, parent = cgroups.join_files(paths)
+    assert len(own) + len(parent) == len(paths)
+    if cgroups.info()["version"] == "1":
+        assert len(own) == len(paths) and not parent
+    spec = make(["sh", "-c", "cat /proc/self/cgroup; exec sleep 30"], cgroups=paths)
+    exec_proc = ProcessSpec(args=["cat", "/proc/self/cgroup"])
+    res = in_monitor(lambda report: _start_and_wait(spec, report, exec_proc))
+    assert _in_container_cgroups(res["out"], cid) == len(paths), res["out"]
+    assert _in_container_cgroups(res["exec_out"], cid) == len(paths), res["exec_out"]
+    assert res["exec_status"] == 0
+
+
+@pytest.fixture
+def empty_cpuset():
+    """A v1 cpuset cgroup with no CPUs: the kernel refuses every task moved into it."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f
+                  if " - cgroup " in line and "cpuset" in line.rsplit(None, 1)[-1].split(",")]
+    if not points:
+        pytest.skip("no cgroup v1 cpuset hierarchy on this host (a v2 host cannot "
+                    "refuse a move this way)")
+    with open("/proc/self/cgroup") as f:
+        own = next(line.split(":", 2)[2].strip() for line in f
+                   if "cpuset" in line.split(":")[1].split(","))
+    d = os.path.join(points[0], own.lstrip("/"), f"cbx-test-{uuid.uuid4().hex[:12]}")
+    os.mkdir(d)
+    with open(os.path.join(d, "cpuset.cpus")) as f:
+        assert not f.read().strip(), "a new cpuset inherited CPUs (clone_children is set)"
+    yield d
+    os.rmdir(d)
+
+
+def test_a_cgroup_the_kernel_refuses_fails_the_start_with_its_name(make, empty_cpuset):
+    spec = make(["true"], cgroups=[empty_cpuset])
+    res = in_monitor(lambda report: _start_and_wait(spec, report))
+    assert res["error"] == "RuntimeFailure"
+    assert f"join cgroup {empty_cpuset}/tasks" in res["message"]
+    assert "No space left on device" in res["message"]
 
 
 def test_freeze_thaw_and_remove_kills(make, cgroup):
