@@ -80,6 +80,10 @@ class _RemoteEnd(Waitable):
             self.core.proto.send_end(self.chid, error)
             self.core.flush_soon()
 
+    def gone(self) -> bool:
+        """Whether nothing sent here can reach the receiver any more."""
+        return self.broken is not None or self.core.closed
+
     def attempt_ended(self) -> Any:
         if self.acked:
             return None

@@ -86,6 +86,14 @@ class QueueBase(Waitable):
     def discard(self) -> None:
         raise NotImplementedError
 
+    def gone(self) -> bool:
+        """Whether nothing put in here can reach a consumer any more (the consumer
+        closed, or the session its consuming end was sent into failed)."""
+        if self.broken is not None:
+            return True
+        pump = self.pump
+        return pump is not None and not pump._done and pump.dst.gone()
+
     def close_consumer(self) -> None:
         """The consumer is gone: drop what is queued; producers' sends now fail."""
         if self.closed:

@@ -109,6 +109,17 @@ class SenderBase:
             sink.end(None if error is None else error_tuple(error))
             return sink
 
+    @property
+    def peer_gone(self) -> bool:
+        """True once nothing sent on this end can be delivered any more: the receiving
+        end was closed, its session was lost (noticed within the heartbeat timeout), or
+        you closed this end or sent it away.  Never blocks: a server waiting for
+        something to send (a followed log, an idle attach) looks at it to learn that
+        its client left."""
+        with LOCK:
+            sink = self._sink
+            return sink is None or sink.gone()
+
     def _moved(self) -> Any:
         """Hand the sink over (the Sender is going into a message)."""
         sink = self._take_sink()

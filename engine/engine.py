@@ -12,12 +12,12 @@ import signal as _signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import cgroups, failpoints, fsutil, logs, monitor_client
 from .containers import Container, ContainerStore, rfc3339
-from .errors import Conflict, EngineError, InvalidArgument, NotFound, NotRunning
+from .errors import Cancelled, Conflict, EngineError, InvalidArgument, NotFound, NotRunning
 from .images import Image, ImageStore
 from .spec import ContainerSpec, Limits, ProcessSpec
 
@@ -440,10 +440,11 @@ class Engine:
             pass
         return self.wait(c.id)
 
-    def _wait_exit(self, c: Container, timeout: float | None = None) -> dict[str, Any]:
+    def _wait_exit(self, c: Container, timeout: float | None = None,
+                   cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
         """The exit record of ``c``, waiting up to ``timeout`` (TimeoutError after)."""
         try:
-            return monitor_client.wait(c.id, timeout=timeout)
+            return monitor_client.wait(c.id, timeout=timeout, cancelled=cancelled)
         except NotRunning:
             pass
         rec = fsutil.read_json(c.path("exit.json"))
@@ -454,20 +455,26 @@ class Engine:
         return {"exit_code": 137, "signal": None, "oom_killed": False,
                 "error": "the container's monitor was killed"}
 
-    def wait(self, ref: str, condition: str = "not-running") -> int:
-        """Block until the container stops (or, with ``removed``, is removed); its code."""
+    def wait(self, ref: str, condition: str = "not-running", *,
+             cancelled: Callable[[], bool] | None = None) -> int:
+        """Block until the container stops (or, with ``removed``, is removed); its code.
+
+        :class:`Cancelled` once ``cancelled()`` (asked about twice a second) says that
+        the caller no longer wants to know."""
         c = self.containers.get(ref)
         if condition not in ("not-running", "next-exit", "removed"):
             raise InvalidArgument(f"unknown wait condition {condition!r}")
         st = self.status(c)
         if st in ("running", "paused") or condition == "next-exit":
-            code = self._wait_exit(c)["exit_code"]
+            code = self._wait_exit(c, cancelled=cancelled)["exit_code"]
         elif st == "created":
             raise Conflict(f"container {c.short_id} has not been started")
         else:
             code = (c.exit or {}).get("exit_code", 137)
         if condition == "removed":
             while os.path.exists(c.dir):
+                if cancelled is not None and cancelled():
+                    raise Cancelled(f"stopped waiting for container {c.short_id}")
                 time.sleep(0.01)
         return code
 
@@ -541,13 +548,16 @@ class Engine:
 
     # -- containers: I/O ---------------------------------------------------------------
 
-    def logs(self, ref: str, *, follow: bool = False,
-             tail: int | None = None) -> Iterator[dict[str, Any]]:
-        """The container's log entries (``{"log", "stream", "time"}``), optionally followed."""
+    def logs(self, ref: str, *, follow: bool = False, tail: int | None = None,
+             cancelled: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
+        """The container's log entries (``{"log", "stream", "time"}``), optionally
+        followed until the container stops or ``cancelled()`` says to stop."""
         c = self.containers.get(ref)
         if follow and self.status(c) in ("running", "paused"):
-            return logs.read(c.path("container.log"), tail=tail, follow=True,
-                             ended=lambda t: _ended(c.id, t))
+            def ended(wait: float) -> bool:
+                return _ended(c.id, wait) or (cancelled is not None and cancelled())
+
+            return logs.read(c.path("container.log"), tail=tail, follow=True, ended=ended)
         return logs.read(c.path("container.log"), tail=tail)
 
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True,

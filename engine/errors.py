@@ -40,6 +40,12 @@ class NotRunning(Conflict):
     code = "not_running"
 
 
+class Cancelled(EngineError):
+    """The caller gave up waiting (its client went away); nothing was changed."""
+
+    code = "cancelled"
+
+
 class CorruptState(EngineError):
     """On-disk state is damaged beyond what the engine repairs by itself."""
 

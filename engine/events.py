@@ -31,7 +31,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -439,10 +439,10 @@ class Journal:
             reader.close()
 
     def follow(self, since: int = 0, filters: Filters | None = None, *,
-               stop: threading.Event | None = None,
+               cancelled: Callable[[], bool] | None = None,
                poll: float = 0.05) -> Iterator[dict[str, Any]]:
-        """:meth:`read`, then every new event as any process appends it, until ``stop``
-        is set (checked at least every ``poll`` seconds).
+        """:meth:`read`, then every new event as any process appends it, until
+        ``cancelled()`` says stop (asked at least every ``poll`` seconds).
 
         Idle, it costs two ``stat`` calls per ``poll``; an ``emit`` in this process
         wakes it at once.
@@ -452,7 +452,7 @@ class Journal:
             sig = reader.signature()
             reader.reopen()
             yield from reader.drain(filters)
-            while stop is None or not stop.is_set():
+            while cancelled is None or not cancelled():
                 with self._cond:
                     gen = _generations[self._key]
                     self._cond.wait_for(lambda: _generations[self._key] != gen, poll)

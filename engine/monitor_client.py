@@ -18,6 +18,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from engine import errors
@@ -28,6 +29,7 @@ __all__ = ["Attachment", "alive", "attach", "exec", "signal", "wait"]
 # -- the wire protocol (shared with engine.monitor) ---------------------------------------------------------------
 HEADER = struct.Struct(">cI")
 MAX_PAYLOAD = 1 << 20  # a client frame larger than this is malformed
+CANCEL_CHECK = 0.5  # seconds between a waiter's looks at whether it should give up
 
 REQ_ATTACH = b"A"  # {"stdin": bool, "stdout": bool, "stderr": bool}
 REQ_WAIT = b"W"  # {}
@@ -249,13 +251,29 @@ def attach(container_id: str, *, stdin: bool = False, stdout: bool = True,
     return Attachment(container_id, sock, reader, stdin=stdin)
 
 
-def wait(container_id: str, timeout: float | None = None) -> dict:
+def wait(container_id: str, timeout: float | None = None,
+         cancelled: Callable[[], bool] | None = None) -> dict:
     """Block until the container exits; its exit record (``exit_code``, ``signal``,
     ``oom_killed``, ``finished_at``).  ``TimeoutError`` if it still runs after
-    ``timeout`` seconds."""
+    ``timeout`` seconds; :class:`Cancelled` once ``cancelled()`` (asked every
+    :data:`CANCEL_CHECK` seconds) says to stop waiting."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     sock = _request(container_id, REQ_WAIT, {})
+    reader = _Reader(sock)
     try:
-        kind, body = _reply(container_id, sock, _Reader(sock), timeout)
+        while True:
+            step = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if cancelled is not None:
+                step = CANCEL_CHECK if step is None else min(step, CANCEL_CHECK)
+            try:
+                kind, body = _reply(container_id, sock, reader, step)
+                break
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if cancelled is not None and cancelled():
+                    raise errors.Cancelled(f"stopped waiting for container "
+                                           f"{container_id[:12]}") from None
     finally:
         sock.close()
     if kind != REP_EXIT:

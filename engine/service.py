@@ -5,7 +5,9 @@ A request is ``{"verb": V, "args": {...}, "ret": Sender}``.  The answer goes on
 ``exec``; then ``ret`` is closed.  A failure closes ``ret`` with an error whose
 ``code`` is stable (``not_found``, ``conflict``, ``invalid_argument``, ...).  Each
 request runs in its own thread, so a long ``wait`` or ``log --follow`` never holds up
-another client.
+another client; a verb that waits with nothing to send (``wait``, a followed ``log`` or
+``watch``, an idle ``attach`` or ``exec``) looks twice a second whether its client is
+still there (``Sender.peer_gone``) and ends once it is not.
 
 Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
 
@@ -37,7 +39,8 @@ from typing import Any
 import chan
 
 from .engine import Engine
-from .errors import EngineError, InvalidArgument
+from .errors import Cancelled, EngineError, InvalidArgument
+from .monitor_client import CANCEL_CHECK
 
 
 
@@ -126,6 +129,9 @@ def handle(engine: Engine, req: Any) -> None:
         if result is not STREAMED:
             ret.send(result)
         ret.close()
+    except Cancelled as exc:
+        _log().info("client of %r gone while it waited: %s", req.get("verb"), exc)
+        _abandon(ret)
     except EngineError as exc:
         _fail(ret, exc)
     except chan.ChannelError as exc:
@@ -143,6 +149,14 @@ def _fail(ret: chan.Sender, exc: Exception) -> None:
         ret.close(error=exc)
     except chan.ChannelError:
         pass
+
+
+def _client_gone(ret: chan.Sender) -> Callable[[], bool]:
+    """For verbs that wait with nothing to send: whether to give up (nobody listens).
+
+    Without it such a verb would learn that its client vanished only at its next send,
+    and a follow of an idle container or journal would keep its thread forever."""
+    return lambda: ret.peer_gone
 
 
 def _abandon(ret: chan.Sender) -> None:
@@ -257,7 +271,8 @@ def _v_kill(engine: Engine, a: _Args, ret: Any) -> Any:
 
 @verb("wait")
 def _v_wait(engine: Engine, a: _Args, ret: Any) -> Any:
-    return {"exit_code": engine.wait(a.id(), a.get("condition", str, "not-running"))}
+    return {"exit_code": engine.wait(a.id(), a.get("condition", str, "not-running"),
+                                     cancelled=_client_gone(ret))}
 
 
 @verb("rm")
@@ -299,7 +314,8 @@ def _v_commit(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("log")
 def _v_log(engine: Engine, a: _Args, ret: Any) -> Any:
     tail = a.get("tail", int)
-    for entry in engine.logs(a.id(), follow=a.get("follow", bool, False), tail=tail):
+    for entry in engine.logs(a.id(), follow=a.get("follow", bool, False), tail=tail,
+                             cancelled=_client_gone(ret)):
         ret.send(entry)
     return STREAMED
 
@@ -314,7 +330,12 @@ def _stream_attachment(att: Any, ret: Any, stdin: bool) -> Any:
     try:
         ret.send({"stdin": theirs})
         while True:
-            item = att.read()
+            try:
+                item = att.read(timeout=CANCEL_CHECK)
+            except TimeoutError:
+                if ret.peer_gone:
+                    raise Cancelled("the client of this attachment left") from None
+                continue
             if item is None:
                 break
             ret.send({"stream": item[0], "data": item[1]})
@@ -404,12 +425,8 @@ def _v_watch(engine: Engine, a: _Args, ret: Any) -> Any:
     if since is None:
         since = engine.journal.last_seq()  # like docker events: from now on
     if a.get("follow", bool, True):
-        stop = threading.Event()
-        try:
-            for event in engine.journal.follow(since, filters, stop=stop):
-                ret.send(event)
-        finally:
-            stop.set()
+        for event in engine.journal.follow(since, filters, cancelled=_client_gone(ret)):
+            ret.send(event)
     else:
         for event in engine.journal.read(since, filters):
             ret.send(event)

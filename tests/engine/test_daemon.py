@@ -299,6 +299,47 @@ def test_a_client_killed_mid_attach_does_not_stop_the_container(daemon: DaemonPr
         daemon.cli("rm", "-f", cid)
 
 
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_waiting_verbs_of_killed_clients_end(daemon: DaemonProc) -> None:
+    # Each verb waits on something idle (a silent container, a quiet journal), so it
+    # has nothing to send that would tell it the client is gone: it must look.
+    cid = out(daemon.cli("run", "-d", "busybox", "sleep", "300")).strip()
+    clients: list[subprocess.Popen] = []
+    try:
+        assert daemon.cli("ps").returncode == 0  # the pool of quick verbs exists now
+        time.sleep(0.3)
+        before = _threads(daemon.proc.pid)
+        for args in (["events"], ["logs", "-f", cid], ["attach", cid], ["wait", cid]):
+            clients.append(subprocess.Popen([CHANBOX, "-H", daemon.endpoint, *args],
+                                            stdout=subprocess.DEVNULL))
+        deadline = time.monotonic() + 20
+        # a session thread and a verb thread per client
+        while _threads(daemon.proc.pid) < before + 2 * len(clients):
+            assert time.monotonic() < deadline, "the clients' verbs did not start"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for p in clients:
+            p.kill()
+            p.wait()
+        # chan notices a dead peer within its heartbeat timeout (3 s); the verbs look
+        # every CANCEL_CHECK (0.5 s)
+        deadline = time.monotonic() + 3 + 0.5 + 4
+        while _threads(daemon.proc.pid) > before:
+            assert time.monotonic() < deadline, \
+                f"{_threads(daemon.proc.pid) - before} threads of killed clients remain"
+            time.sleep(0.1)
+        assert _running_pid(daemon, cid), "the container must outlive its clients"
+        assert "Traceback" not in daemon.output()
+    finally:
+        for p in clients:
+            p.kill()
+            p.wait()
+        daemon.cli("rm", "-f", cid)
+
+
 def test_no_daemon_at_the_endpoint_is_a_clear_error(sock_dir: str) -> None:
     with pytest.raises(NotRunning, match="no chanbox daemon answers"):
         connect(f"ipc://{sock_dir}/nobody.sock", timeout=0.5)

@@ -70,7 +70,7 @@ class Follower:
         self._thread.start()
 
     def _run(self, journal: Journal, since: int, kw: dict[str, Any]) -> None:
-        for ev in journal.follow(since, stop=self.stop, **kw):
+        for ev in journal.follow(since, cancelled=self.stop.is_set, **kw):
             with self._cond:
                 self.events.append(ev)
                 self.arrived.append(time.time())
@@ -167,11 +167,11 @@ def test_follow_wakes_at_once_on_an_emit_in_this_process(
     j.emit("container", "stop", "abc")  # wakes it so it sees stop
 
 
-def test_follow_returns_when_stop_is_set(root: str) -> None:
+def test_follow_returns_when_cancelled(root: str) -> None:
     stop = threading.Event()
     out: list[dict[str, Any]] = []
-    t = threading.Thread(target=lambda: out.extend(Journal(root).follow(stop=stop,
-                                                                         poll=0.05)))
+    t = threading.Thread(target=lambda: out.extend(Journal(root).follow(
+        cancelled=stop.is_set, poll=0.05)))
     t.start()
     time.sleep(0.1)
     started = time.monotonic()
@@ -348,7 +348,8 @@ def wait_for_event(journal: Journal, since: int, cid: str, action: str,
     timer.start()
     try:
         for ev in journal.follow(since, parse_filters([f"container={cid}",
-                                                       f"event={action}"]), stop=stop):
+                                                       f"event={action}"]),
+                                 cancelled=stop.is_set):
             return ev
     finally:
         timer.cancel()
