@@ -7,7 +7,9 @@ client opens is a request channel that :func:`engine.service.serve` answers.
 
 Containers do not belong to the daemon: their monitors run on when it stops or is
 killed, and the next daemon finds them (and their logs, exit codes and stdio) through
-the same root.  One daemon per root: the second is refused.
+the same root.  One daemon per root: the second is refused.  A monitor that is killed
+takes its container down; the daemon's :class:`~engine.supervisor.Supervisor` records
+that exit at once.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class Daemon:
         self.engine = Engine(self.root)
         self.engine.prepare_spawn()
         self.engine.recover()
+        from .supervisor import Supervisor
+
+        # a monitor that is killed cannot record its container's exit: this does
+        self.supervisor = Supervisor(self.engine).start()
         self.listeners: list[Any] = []
         self._stopped = threading.Event()
         try:
@@ -127,6 +133,7 @@ class Daemon:
         for listener in self.listeners:
             listener.close()
         self.listeners = []
+        self.supervisor.close()
         self.engine.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -328,7 +328,8 @@ class Engine:
     # -- containers: state -------------------------------------------------------------
 
     def status(self, c: Container) -> str:
-        """created, running, paused, exited or dead (monitor killed before the exit)."""
+        """created, running, paused, exited, or dead (its monitor died but may not be
+        gone yet: a moment later it is exited, see :meth:`_monitor_died`)."""
         if c.exit is not None:
             return "exited"
         if c.monitor is None:
@@ -336,7 +337,27 @@ class Engine:
         if monitor_client.alive(c.id):
             return "paused" if cgroups.is_frozen(c.cgroups) else "running"
         c.exit = fsutil.read_json(c.path("exit.json"))
+        if c.exit is None:
+            c.exit = self._monitor_died(c)
         return "exited" if c.exit is not None else "dead"
+
+    def _monitor_died(self, c: Container) -> dict[str, Any] | None:
+        """The exit record of a container whose monitor died without writing one
+        (SIGKILL, the OOM killer), or None while the monitor still lives.
+
+        The container died with it (the parent-death signal, see engine.runtime), so
+        this records exit 137 and journals ``die``, as containerd does for a task whose
+        shim died.  Exactly one process does: the record is linked in, not renamed.
+        """
+        mon = c.monitor.get("monitor_pid") if c.monitor else None
+        if not mon or fsutil.pid_alive(mon):
+            return None
+        record = {"exit_code": 137, "signal": _signal.SIGKILL, "oom_killed": False,
+                  "finished_at": time.time_ns(), "error": "the container's monitor was killed"}
+        if not fsutil.create_json(c.path("exit.json"), record):
+            return fsutil.read_json(c.path("exit.json"))  # another process recorded it
+        self._container_event("die", c, exitCode="137")
+        return record
 
     def ps(self, *, all: bool = False) -> list[dict[str, Any]]:
         """Containers in ``docker ps`` shape (running ones, or ``all``)."""

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,23 @@ def write_json(path: str, obj: Any, *, sync: bool = True) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.rename(tmp, path)
+
+
+def create_json(path: str, obj: Any) -> bool:
+    """Write ``obj`` as JSON to ``path`` unless it exists; whether this call made it.
+
+    Atomic like :func:`write_json`, and exclusive: of several processes racing to
+    record the same fact, exactly one gets True (the file is linked in, not renamed)."""
+    tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def read_json(path: str, default: Any = None) -> Any:

@@ -233,6 +233,7 @@ def _child(w: int, go: int, proc: _Process, stdin: int, stdout: int, stderr: int
     try:
         try:
             os.umask(0)
+            _die_with_parent()
             for tasks in proc.cgroup_tasks:
                 _write(tasks, b"0", "join cgroup")
             setup()
@@ -364,7 +365,18 @@ def _finish(proc: _Process, stdin: int, stdout: int, stderr: int) -> None:
                                 exc.errno or errno.EIO) from None
     os.umask(0o022)
     _default_signals()
+    _die_with_parent()  # again: the switch of user cleared it
     _exec(proc.argv, env, proc.path)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent (the monitor) dies.
+
+    A container whose monitor is gone has no stdio, log or exit record, and its network
+    address lease (held by the monitor) is free for another container: like a task
+    whose containerd shim died, it must not run on.  The kernel clears the setting when
+    the user changes, so it is made again right before exec."""
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # Python ignores SIGPIPE, the monitor ignores SIGINT and SIGHUP, the fork server SIGCHLD:

@@ -93,20 +93,32 @@ def test_killed_while_removing_finishes_on_the_next_command(image_root: str) -> 
         assert staging(image_root) == []
 
 
-def test_a_killed_monitor_leaves_a_dead_container_that_rm_cleans(engine: Engine) -> None:
+def test_a_killed_monitor_takes_its_container_down_and_it_is_recorded_once(
+        engine: Engine, image_root: str) -> None:
+    # As with a containerd shim: the container must not run on without its monitor
+    # (no stdio, no log, its address lease free for others), and users see it exit.
     cid = engine.create("busybox", ["sleep", "30"])
+    since = engine.journal.last_seq()
     engine.start(cid)
     c = engine.containers.get(cid)
     pid = engine.inspect(cid)["State"]["Pid"]
     os.kill(c.monitor["monitor_pid"], signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while engine.status(engine.containers.get(cid)) != "dead":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert engine.inspect(cid)["State"]["Dead"] is True
-    engine.rm(cid, force=True)
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, "the container outlived its monitor"
+        time.sleep(0.02)
+    # two engines look at once (the daemon and a CLI): one records the exit
+    other = Engine(image_root, forker=FORKER)
     deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{pid}")
+    while engine.status(engine.containers.get(cid)) != "exited":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert other.status(other.containers.get(cid)) == "exited"
+    state = engine.inspect(cid)["State"]
+    assert state["ExitCode"] == 137 and not state["Dead"] and not state["Running"]
+    assert "monitor was killed" in state["Error"]
+    dies = [e for e in engine.journal.read(since) if e["action"] == "die" and e["id"] == cid]
+    assert [e["attributes"]["exitCode"] for e in dies] == ["137"]
     assert cgroups.procs(c.cgroups) == []
+    engine.rm(cid)  # no force needed: it is not running
+    assert not any(os.path.exists(p) for p in c.cgroups)

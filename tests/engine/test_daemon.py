@@ -340,6 +340,27 @@ def test_waiting_verbs_of_killed_clients_end(daemon: DaemonProc) -> None:
         daemon.cli("rm", "-f", cid)
 
 
+def test_a_killed_monitor_is_reported_at_once_as_a_die_event(daemon: DaemonProc) -> None:
+    client = connect(daemon.endpoint)
+    try:
+        cid = out(daemon.cli("run", "-d", "busybox", "sleep", "300")).strip()
+        since = max([0] + [e["seq"] for e in client.stream("watch", since=0, follow=False)])
+        monitor = fsutil.read_json(os.path.join(daemon.root, "containers", cid,
+                                                "monitor.json"))
+        dies = client.receiver("watch", since=since, filters=[f"container={cid}",
+                                                             "event=die"])
+        os.kill(monitor["monitor_pid"], signal.SIGKILL)
+        # no command looks at the container: the daemon must notice by itself
+        ev = dies.recv(timeout=5)
+        assert ev["attributes"]["exitCode"] == "137"
+        dies.close()
+        state = client.call("get", id=cid)["State"]
+        assert state["Status"] == "exited" and state["ExitCode"] == 137
+    finally:
+        client.close()
+        daemon.cli("rm", "-f", cid)
+
+
 def test_no_daemon_at_the_endpoint_is_a_clear_error(sock_dir: str) -> None:
     with pytest.raises(NotRunning, match="no chanbox daemon answers"):
         connect(f"ipc://{sock_dir}/nobody.sock", timeout=0.5)
