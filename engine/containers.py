@@ -14,6 +14,11 @@ A container is a directory ``<root>/containers/<id>`` holding:
 A directory appears complete (built under ``<root>/tmp``, renamed into place under the
 root lock, which also keeps names unique) or not at all.  The status is derived from
 those files and from whether the monitor still answers, never stored twice.
+
+Names are indexed by symlinks ``<root>/names/<name> -> <id>``, so that finding a name
+(``create --name``, ``rm NAME``) reads one link, not every container's record.  The
+container's directory is the truth: a link whose container is gone (an engine killed
+between the two steps) counts as free.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +91,28 @@ class ContainerStore:
     def __init__(self, root: str) -> None:
         self.root = root
         self.base = os.path.join(root, "containers")
+        self.names = os.path.join(root, "names")
         os.makedirs(self.base, exist_ok=True)
+        if not os.path.isdir(self.names):
+            self._index_names()
+
+    def _index_names(self) -> None:
+        """Make ``names/`` for a root that predates it (built aside, renamed in)."""
+        with fsutil.root_lock(self.root):
+            if os.path.isdir(self.names):
+                return
+            stage = fsutil.staging_dir(self.root, "names")
+            for c in self.list():
+                os.symlink(c.id, os.path.join(stage, c.name))
+            os.rename(stage, self.names)
+
+    def _named(self, name: str) -> str | None:
+        """The id of the container called ``name``, if there is one."""
+        try:
+            cid = os.readlink(os.path.join(self.names, name))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return cid if os.path.isdir(os.path.join(self.base, cid)) else None
 
     # -- making and removing ---------------------------------------------------------
 
@@ -107,18 +134,22 @@ class ContainerStore:
             for sub in ("upper", "work", "rootfs"):
                 os.mkdir(os.path.join(stage, sub), 0o755)
             with fsutil.root_lock(self.root):
-                taken = {c.name for c in self.list()}
                 if name is None:
-                    name = _fresh_name(taken)
-                elif name in taken:
-                    holder = self.get(name)
+                    name = _fresh_name(lambda n: self._named(n) is not None)
+                elif (holder := self._named(name)) is not None:
                     raise Conflict(
                         f"the container name \"/{name}\" is already in use by container "
-                        f"{holder.id}; remove that container or choose another name")
+                        f"{holder}; remove that container or choose another name")
                 config = dict(config, Id=cid, Name=name, Created=now_ns())
                 fsutil.write_json(os.path.join(stage, "config.json"), config, sync=False)
+                link = os.path.join(self.names, name)
+                fsutil.write_symlink(cid, link)  # replaces a stale one
                 failpoints.hit("create:staged")
-                os.rename(stage, os.path.join(self.base, cid))
+                try:
+                    os.rename(stage, os.path.join(self.base, cid))
+                except BaseException:
+                    os.unlink(link)
+                    raise
         except BaseException:
             fsutil.remove_tree(stage)
             raise
@@ -137,6 +168,11 @@ class ContainerStore:
         except FileNotFoundError:
             return
         failpoints.hit("rm:unlinked")
+        link = os.path.join(self.names, c.name)
+        with fsutil.root_lock(self.root):
+            # (a create may have taken the name since the rename freed it)
+            if _readlink(link) == c.id:
+                os.unlink(link)
         fsutil.remove_tree(stage)
 
     def reset_run(self, c: Container) -> None:
@@ -167,14 +203,14 @@ class ContainerStore:
         if len(ref) == 64 and os.path.isdir(os.path.join(self.base, ref)):
             return self._load(ref)
         name = ref.lstrip("/")
-        matches = []
-        for c in self.list():
-            if c.name == name:
-                return c
-            if c.id.startswith(ref):
-                matches.append(c)
+        if _NAME.match(name) and (cid := self._named(name)) is not None:
+            try:
+                return self._load(cid)
+            except NotFound:
+                pass  # removed while we looked
+        matches = [cid for cid in os.listdir(self.base) if cid.startswith(ref)]
         if len(matches) == 1:
-            return matches[0]
+            return self._load(matches[0])
         if len(matches) > 1:
             raise InvalidArgument(
                 f"container id prefix {ref!r} is ambiguous ({len(matches)} containers); "
@@ -192,12 +228,19 @@ class ContainerStore:
             exit=fsutil.read_json(os.path.join(d, "exit.json")))
 
 
-def _fresh_name(taken: set[str]) -> str:
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return None
+
+
+def _fresh_name(taken: Callable[[str], bool]) -> str:
     while True:
         a, b, c = os.urandom(3)
         name = f"{_LEFT[a % len(_LEFT)]}_{_RIGHT[b % len(_RIGHT)]}"
-        if name not in taken:
+        if not taken(name):
             return name
         name += f"_{c}"
-        if name not in taken:
+        if not taken(name):
             return name

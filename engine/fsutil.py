@@ -54,6 +54,17 @@ def create_json(path: str, obj: Any) -> bool:
         os.unlink(tmp)
 
 
+def write_symlink(target: str, path: str) -> None:
+    """Atomically make ``path`` a symlink to ``target``, replacing what was there."""
+    tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"
+    os.symlink(target, tmp)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def read_json(path: str, default: Any = None) -> Any:
     """The JSON in ``path``, or ``default`` when the file does not exist."""
     try:
