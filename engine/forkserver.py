@@ -45,16 +45,20 @@ class ForkServer:
     ``starter`` is what starts containers (``start(spec, stdin, stdout, stderr) -> pid``
     and ``exec_in(init_pid, spec, process, stdin, stdout, stderr) -> pid``);
     :mod:`engine.runtime` by default.  Tests pass a plain fork/exec one.
+
+    ``many``: the server will fork many monitors (a daemon, a program using the API), so
+    it first arranges its heap for them to share (about 15 ms).  A command that starts
+    one container (the CLI's ``run``) passes False: its monitor shares with nobody.
     """
 
-    def __init__(self, *, starter: Any = None) -> None:
+    def __init__(self, *, starter: Any = None, many: bool = True) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # the server
             status = 1
             try:
                 ours.detach()
-                status = _serve(theirs, starter)
+                status = _serve(theirs, starter, many)
             finally:
                 os._exit(status)
         theirs.close()
@@ -129,21 +133,23 @@ class ForkServer:
         self.close()
 
 
-def _serve(sock: socket.socket, starter: Any) -> int:
+def _serve(sock: socket.socket, starter: Any, many: bool) -> int:
     """The fork server's loop: one monitor per request until the engine goes away."""
     # The monitor and the runtime are imported here, in the server, not by the engine
     # (which never needs them): the import runs beside the engine's own work, and the
     # monitors share these pages.
     from engine import monitor
-    # what a monitor of a bridge container imports: here once and shared, not once per
-    # monitor (~2 MiB each)
-    from engine.network import ipam, proxy  # noqa: F401
+    if many:
+        # what a monitor of a bridge container imports: here once and shared, not once
+        # per monitor (~2 MiB each)
+        from engine.network import ipam, proxy  # noqa: F401
 
     if starter is None:
         from engine import runtime as starter
     if hasattr(starter, "warm_up"):
         starter.warm_up()  # the seccomp filter, built once for every monitor
-    monitor.warm_up()  # the monitor's own code, specialised here once for all of them
+    if many:
+        monitor.warm_up()  # the monitor's own code, specialised here once for all of them
     fork = _hookless_fork()
     keep = sock.fileno()
     os.closerange(3, keep)  # hold none of the engine's files (locks, sockets)
@@ -154,9 +160,10 @@ def _serve(sock: socket.socket, starter: Any) -> int:
     os.close(null)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C in the engine's terminal is its own
-    gc.collect()
-    filler = _fill_free_blocks()  # noqa: F841 -- held for the server's whole life
-    gc.freeze()  # keep the shared heap untouched by collections: pages stay shared
+    if many:
+        gc.collect()
+        filler = _fill_free_blocks()  # noqa: F841 -- held for the server's whole life
+        gc.freeze()  # keep the shared heap untouched by collections: pages stay shared
     # Every page this loop writes after a fork stays with that monitor alone (the
     # server's copy moves on), so the loop does as little as it can (no 1 MiB buffer
     # allocated per request)

@@ -32,6 +32,7 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -71,18 +72,39 @@ STREAMED = object()
 _LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start",
                          "spawn", "commit", "import", "bootstrap", "rm", "load", "save",
                          "pull", "push"})
-_POOL: Any = None
-_POOL_LOCK = threading.Lock()
 
 
-def _pool() -> Any:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
+class _Workers:
+    """Up to ``size`` threads answering quick requests from one queue, started as the
+    load needs them.  (concurrent.futures would do, but its imports cost every CLI
+    command ~4 ms, for futures nobody reads.)"""
 
-            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="chanbox-verb")
-        return _POOL
+    def __init__(self, size: int) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._size = size
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._jobs.put((fn, args))
+            if self._idle == 0 and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, daemon=True,
+                                 name=f"chanbox-verb-{self._threads}").start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn, args = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            fn(*args)  # handle() never raises
+
+
+_POOL = _Workers(8)
 
 
 def serve(engine: Engine, requests: chan.Receiver) -> None:
@@ -95,7 +117,7 @@ def serve(engine: Engine, requests: chan.Receiver) -> None:
                 threading.Thread(target=handle, args=(engine, req), daemon=True,
                                  name=f"chanbox-{verb_name}").start()
             else:
-                _pool().submit(handle, engine, req)
+                _POOL.submit(handle, engine, req)
     except chan.ChannelError as exc:
         _log().info("client gone: %s", exc)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
-
-from .conftest import cli, needs_root
+from .conftest import CHANBOX, cli, needs_root
 
 pytestmark = needs_root
 
@@ -163,3 +163,24 @@ def test_commands_import_nothing_heavy_they_do_not_use(image_root: str) -> None:
     p = subprocess.run([sys.executable, "-c", code, image_root], capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.decode().splitlines()[-1] == "[]"
+
+
+def test_a_reader_that_stops_early_is_no_error(image_root: str) -> None:
+    # `chanbox ... | head -0`: the closed pipe ends the command quietly with status 1
+    # (click's rule for EPIPE), with no traceback from the flush at the quick exit
+    p = subprocess.Popen([CHANBOX, "--root", image_root, "history", "busybox"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=30) == 1, err
+    assert err == ""
+
+
+def test_output_is_complete_when_piped(image_root: str) -> None:
+    # the quick exit must not lose what was written but not yet flushed
+    p = subprocess.run([CHANBOX, "--root", image_root, "run", "--rm", "--network", "none",
+                        "busybox", "sh", "-c", "seq 1 20000; echo done >&2; exit 4"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 4
+    assert p.stdout.decode().split() == [str(i) for i in range(1, 20001)]
+    assert p.stderr == b"done\n"
