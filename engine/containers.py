@@ -155,8 +155,9 @@ class ContainerStore:
             raise
         return self._load(cid)
 
-    def delete(self, c: Container) -> None:
-        """Remove the container's directory (its processes and cgroups are gone already).
+    def delete(self, c: Container) -> bool:
+        """Remove the container's directory (its processes and cgroups are gone already);
+        False when another call removed it first.
 
         The directory is first renamed into staging, so a crash half-way through the
         removal leaves either the whole container or nothing visible.
@@ -166,7 +167,7 @@ class ContainerStore:
         try:
             os.rename(c.dir, stage)
         except FileNotFoundError:
-            return
+            return False
         failpoints.hit("rm:unlinked")
         link = os.path.join(self.names, c.name)
         with fsutil.root_lock(self.root):
@@ -174,6 +175,7 @@ class ContainerStore:
             if _readlink(link) == c.id:
                 os.unlink(link)
         fsutil.remove_tree(stage)
+        return True
 
     def reset_run(self, c: Container) -> None:
         """Forget the previous run's monitor and exit records (before a restart)."""

@@ -522,8 +522,8 @@ class Engine:
             from .network import attach
 
             attach.release(attach.load_settings(c.dir))
-        self.containers.delete(c)
-        self._container_event("destroy", c)
+        if self.containers.delete(c):  # (not when a concurrent rm got there first)
+            self._container_event("destroy", c)
 
     def pause(self, ref: str) -> None:
         """Freeze every process of the container (cgroup freezer)."""

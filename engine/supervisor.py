@@ -115,8 +115,11 @@ class Supervisor:
         return fd
 
     def _settle(self, cid: str) -> None:
-        """The monitor of ``cid`` exited: let the engine record what it left undone."""
+        """The monitor of ``cid`` exited: do what it left undone (record the exit,
+        remove a ``--rm`` container)."""
         try:
-            self.engine.status(self.engine.containers.get(cid))
+            c = self.engine.containers.get(cid)
+            if self.engine.status(c) == "exited" and c.config["HostConfig"]["AutoRemove"]:
+                self.engine.rm(cid)
         except EngineError:
-            pass  # removed meanwhile: nothing to record
+            pass  # removed meanwhile (by the monitor, or a client's rm): nothing to do

@@ -55,7 +55,8 @@ def test_names_are_unique_and_rm_frees_them(store):
     first = store.create({}, "cbx-web")
     with pytest.raises(Conflict, match=first.id):
         store.create({}, "cbx-web")
-    store.delete(first)
+    assert store.delete(first) is True
+    assert store.delete(first) is False  # a concurrent rm that lost: no second destroy
     with pytest.raises(NotFound):
         store.get("cbx-web")
     again = store.create({}, "cbx-web")

@@ -340,22 +340,28 @@ def test_waiting_verbs_of_killed_clients_end(daemon: DaemonProc) -> None:
         daemon.cli("rm", "-f", cid)
 
 
-def test_a_killed_monitor_is_reported_at_once_as_a_die_event(daemon: DaemonProc) -> None:
+@pytest.mark.parametrize("auto_remove", [False, True], ids=["kept", "rm"])
+def test_a_killed_monitor_is_reported_at_once_as_a_die_event(daemon: DaemonProc,
+                                                             auto_remove: bool) -> None:
     client = connect(daemon.endpoint)
     try:
-        cid = out(daemon.cli("run", "-d", "busybox", "sleep", "300")).strip()
+        rm = ["--rm"] if auto_remove else []
+        cid = out(daemon.cli("run", "-d", *rm, "busybox", "sleep", "300")).strip()
         since = max([0] + [e["seq"] for e in client.stream("watch", since=0, follow=False)])
         monitor = fsutil.read_json(os.path.join(daemon.root, "containers", cid,
                                                 "monitor.json"))
-        dies = client.receiver("watch", since=since, filters=[f"container={cid}",
-                                                             "event=die"])
+        events = client.receiver("watch", since=since, filters=[f"container={cid}"])
         os.kill(monitor["monitor_pid"], signal.SIGKILL)
         # no command looks at the container: the daemon must notice by itself
-        ev = dies.recv(timeout=5)
-        assert ev["attributes"]["exitCode"] == "137"
-        dies.close()
-        state = client.call("get", id=cid)["State"]
-        assert state["Status"] == "exited" and state["ExitCode"] == 137
+        ev = events.recv(timeout=5)
+        assert (ev["action"], ev["attributes"]["exitCode"]) == ("die", "137")
+        if auto_remove:  # what the monitor would have done after the exit
+            assert events.recv(timeout=5)["action"] == "destroy"
+            assert cid not in out(daemon.cli("ps", "-a", "-q", "--no-trunc"))
+        else:
+            state = client.call("get", id=cid)["State"]
+            assert state["Status"] == "exited" and state["ExitCode"] == 137
+        events.close()
     finally:
         client.close()
         daemon.cli("rm", "-f", cid)
