@@ -61,6 +61,7 @@ class Daemon:
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, mode=0o711, exist_ok=True)
         self._lock_fd = _lock_root(self.root)
+        _raise_open_files_limit()  # a pidfd per running container (engine.supervisor)
         curve, allow = _curve(endpoints, key_file, allow_dir, insecure, self.log)
         # the fork server first: forking is safe only before ZeroMQ starts its threads
         self.engine = Engine(self.root)
@@ -152,6 +153,16 @@ def run(root: str | None, endpoints: list[str], **kwargs: Any) -> int:
         daemon.log("stopping; containers keep running")
         daemon.close()
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as containerd does: the
+    daemon holds a pidfd per running container besides its clients' sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _lock_root(root: str) -> int:

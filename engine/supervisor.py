@@ -11,8 +11,10 @@ journal's ``start`` events to add new monitors.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
+import sys
 import threading
 from typing import Any
 
@@ -81,17 +83,28 @@ class Supervisor:
                         continue
                     poller.unregister(fd)
                     os.close(fd)
-                    self._settle(watched.pop(fd))
+                    self._guarded(self._settle, watched.pop(fd))
                 with self._lock:
                     new, self._new = self._new, []
                 for cid in new:
-                    fd = self._pidfd(cid)
+                    fd = self._guarded(self._pidfd, cid)
                     if fd is not None and fd not in watched:
                         watched[fd] = cid
                         poller.register(fd, select.POLLIN)
         finally:
             for fd in watched:
                 os.close(fd)
+
+    @staticmethod
+    def _guarded(fn: Any, cid: str) -> Any:
+        """``fn(cid)``; a failure is reported and costs that container its watch (its
+        exit is then recorded lazily, by the next look), never the thread."""
+        try:
+            return fn(cid)
+        except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any one container
+            print(f"chanbox daemon: cannot supervise container {cid[:12]}: {exc!r}",
+                  file=sys.stderr, flush=True)
+            return None
 
     def _pidfd(self, cid: str) -> int | None:
         """A pidfd of the container's monitor while it runs; None if there is nothing to
@@ -108,6 +121,11 @@ class Supervisor:
         except ProcessLookupError:
             self._settle(cid)
             return None
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OSError(exc.errno, "no file descriptor left for its monitor's "
+                              "pidfd; raise the daemon's open-files limit") from None
+            raise
         # the pid may have been reused since monitor.json was written: ask the monitor
         if self.engine.status(c) not in ("running", "paused"):
             os.close(fd)
