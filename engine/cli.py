@@ -184,8 +184,9 @@ def console() -> NoReturn:
 
     Tearing the interpreter down (every module, thread and object) takes about 12 ms
     here, a tenth of a ``chanbox run``.  Once the command has returned, its client is
-    closed (a daemon's session ends with an acknowledged goodbye) and stdio is flushed,
-    nothing needs that teardown, so the process ends with ``os._exit``.  A program that
+    closed (a daemon's session ends with an acknowledged goodbye), the exit handlers
+    have run and stdio is flushed, nothing needs that teardown, so the process ends
+    with ``os._exit``.  A program that
     embeds the CLI calls :func:`main`, which returns or raises SystemExit as usual.
     """
     try:
@@ -197,6 +198,11 @@ def console() -> NoReturn:
             print(exc.code, file=sys.stderr)
     if _state is not None:
         _state.close()
+    # what a normal exit runs first: exit handlers (chan's tells the peers of a
+    # daemon's sessions that it is going and waits for that to leave)
+    import atexit
+
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -367,6 +367,25 @@ def test_a_killed_monitor_is_reported_at_once_as_a_die_event(daemon: DaemonProc,
         daemon.cli("rm", "-f", cid)
 
 
+def test_a_daemon_stopped_with_sigterm_tells_its_clients_at_once(daemon_root: str,
+                                                                 sock_dir: str) -> None:
+    # Its sessions end with a goodbye (ABORT Shutdown) that must leave before the
+    # process does, not with a heartbeat timeout (3 s) on the clients' side.
+    d = DaemonProc(daemon_root, sock_dir)
+    client = connect(d.endpoint)
+    try:
+        events = client.receiver("watch")
+        assert client.call("version")  # the session is up
+        d.stop(signal.SIGTERM)
+        t0 = time.monotonic()
+        with pytest.raises(chan.SessionLost):
+            events.recv(timeout=10)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        client.close()
+        d.stop()
+
+
 def test_no_daemon_at_the_endpoint_is_a_clear_error(sock_dir: str) -> None:
     with pytest.raises(NotRunning, match="no chanbox daemon answers"):
         connect(f"ipc://{sock_dir}/nobody.sock", timeout=0.5)
