@@ -59,7 +59,6 @@ class _State:
                      "(run as root, or give --root)")
         return self._client
 
-
     def close(self) -> None:
         """End the client: the embedded service stops, a daemon session says goodbye."""
         if self._client is not None:
@@ -186,8 +185,8 @@ def console() -> NoReturn:
     here, a tenth of a ``chanbox run``.  Once the command has returned, its client is
     closed (a daemon's session ends with an acknowledged goodbye), the exit handlers
     have run and stdio is flushed, nothing needs that teardown, so the process ends
-    with ``os._exit``.  A program that
-    embeds the CLI calls :func:`main`, which returns or raises SystemExit as usual.
+    with ``os._exit``.  A program that embeds the CLI calls :func:`main`, which
+    returns or raises SystemExit as usual.
     """
     try:
         rv = main()

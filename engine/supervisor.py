@@ -32,6 +32,7 @@ class Supervisor:
         self._new: list[str] = []  # containers to look at, filled by the journal thread
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopped = False
+        self._since = 0  # the journal seq the start-follower begins after
         self._threads = [
             threading.Thread(target=self._follow_starts, daemon=True,
                              name="chanbox-supervise-starts"),
@@ -40,9 +41,8 @@ class Supervisor:
 
     def start(self) -> Supervisor:
         """Look at every container now, then keep watching; returns self."""
-        since = self.engine.journal.last_seq()
+        self._since = self.engine.journal.last_seq()  # before the scan: no start missed
         self._add([c.id for c in self.engine.containers.list()])
-        self._since = since
         for t in self._threads:
             t.start()
         return self
