@@ -162,11 +162,15 @@ class ContainerStore:
         The directory is first renamed into staging, so a crash half-way through the
         removal leaves either the whole container or nothing visible.
         """
+        # Into the staging directory, not onto its name: the name stays taken until the
+        # removal is done (once emptied for a rename onto it, another thread's
+        # staging_dir could hand out the same name: two rm at once, as `docker rm a b`
+        # does, then collided and one failed).
         stage = fsutil.staging_dir(self.root, "rm")
-        os.rmdir(stage)
         try:
-            os.rename(c.dir, stage)
+            os.rename(c.dir, os.path.join(stage, c.id))
         except FileNotFoundError:
+            os.rmdir(stage)
             return False
         failpoints.hit("rm:unlinked")
         link = os.path.join(self.names, c.name)

@@ -101,3 +101,28 @@ def test_bad_references(store):
             break
     with pytest.raises(InvalidArgument, match="ambiguous"):
         store.get(a.id[0])
+
+
+def test_many_removals_at_once_all_succeed(store, tmp):
+    # `docker rm -f a b c` removes in parallel: each removal needs a staging name of
+    # its own until it is done
+    import threading
+
+    made = [store.create({}, f"cbx-par{i}") for i in range(48)]
+    errors: list[BaseException] = []
+
+    def remove(chunk):
+        for c in chunk:
+            try:
+                assert store.delete(c) is True
+            except BaseException as exc:  # noqa: BLE001 - carried to the test thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=remove, args=(made[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.list() == [] and os.listdir(os.path.join(tmp, "names")) == []
+    assert os.listdir(os.path.join(tmp, "tmp")) == []
