@@ -78,6 +78,7 @@ def _default_daemon() -> str | None:
 
 
 def _die(msg: str, code: int = 125) -> NoReturn:
+    _OUT.flush()  # the container's output first
     click.echo(f"chanbox: {msg}", err=True)
     sys.exit(code)
 
@@ -322,8 +323,7 @@ def _follow(client: Any, cid: str, *, stdin: bool) -> int:
         _forward_stdin(client, cid)
     _proxy_signals(client, cid)
     try:
-        for entry in client.stream("log", id=cid, follow=True):
-            _write_out(entry.get("stream", "stdout"), entry["log"].encode("utf-8", "surrogateescape"))
+        _print_log(client, id=cid, follow=True)
         return client.call("wait", id=cid)["exit_code"]
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
@@ -514,11 +514,7 @@ def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps
 
     n = None if tail == "all" else int(tail)
     try:
-        for entry in _client(ctx).stream("log", id=container, follow=follow, tail=n):
-            line = entry["log"].encode("utf-8", "surrogateescape")
-            if timestamps:
-                line = entry.get("time", "").encode() + b" " + line
-            _write_out(entry.get("stream", "stdout"), line)
+        _print_log(_client(ctx), timestamps=timestamps, id=container, follow=follow, tail=n)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
 
@@ -531,9 +527,10 @@ def _run_attachment(replies: Any, stdin: bool) -> int:
     code = 0
     for msg in replies:
         if "data" in msg:
-            _write_out(msg["stream"], msg["data"])
+            _OUT.write(msg["stream"], msg["data"])
         elif "exit_code" in msg:
             code = msg["exit_code"]
+    _OUT.flush()
     return code
 
 
@@ -546,11 +543,53 @@ def _quietly(fn: Any) -> Any:
     return run
 
 
-def _write_out(stream: str, data: bytes) -> None:
-    """Write a container's output to our stdout or stderr, as it came."""
-    f = sys.stderr.buffer if stream == "stderr" else sys.stdout.buffer
-    f.write(data)
-    f.flush()
+class _Output:
+    """A container's output on our stdout and stderr, in the order it came.
+
+    Not flushed piece by piece: a log of short lines then cost a write(2) per line
+    (16 s to print 50 MB of 40-byte lines here).  Flushed when the stream changes, so
+    stdout and stderr keep their order, and when no more output is waiting
+    (:meth:`flush` is the ``on_idle`` of the streams we print)."""
+
+    def __init__(self) -> None:
+        self._pending: Any = None
+
+    def write(self, stream: str, data: bytes) -> None:
+        f = sys.stderr.buffer if stream == "stderr" else sys.stdout.buffer
+        if self._pending is not None and self._pending is not f:
+            self._pending.flush()
+        f.write(data)
+        self._pending = f
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.flush()
+
+
+_OUT = _Output()
+
+
+def _print_log(client: Any, *, timestamps: bool = False, **args: Any) -> None:
+    """Print what the ``log`` verb answers, asked for in batches (a message per read
+    of the log, not per line); each run of lines of one stream is one write."""
+    for batch in client.stream("log", batch=True, on_idle=_OUT.flush, **args):
+        if not isinstance(batch, list):
+            batch = [batch]  # an older daemon: an entry per message
+        run: list[bytes] = []
+        stream = None
+        for entry in batch:
+            line = entry["log"].encode("utf-8", "surrogateescape")
+            if timestamps:
+                line = entry.get("time", "").encode() + b" " + line
+            if entry.get("stream", "stdout") != stream and run:
+                _OUT.write(stream, b"".join(run))
+                run = []
+            stream = entry.get("stream", "stdout")
+            run.append(line)
+        if run:
+            _OUT.write(stream, b"".join(run))
+    _OUT.flush()
 
 
 @main.command()
@@ -565,7 +604,8 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
     try:
         info = client.call("get", id=container)
         stdin = info["Config"]["OpenStdin"] and not no_stdin
-        code = _run_attachment(client.stream("attach", id=container, stdin=stdin), stdin)
+        code = _run_attachment(client.stream("attach", id=container, stdin=stdin,
+                                             on_idle=_OUT.flush), stdin)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
     sys.exit(code)
@@ -588,7 +628,7 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
     try:
         code = _run_attachment(_client(ctx).stream(
             "exec", id=container, cmd=list(cmd), env=list(env), workdir=workdir, user=user,
-            open_stdin=interactive, tty=tty), interactive)
+            open_stdin=interactive, tty=tty, on_idle=_OUT.flush), interactive)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
     sys.exit(code)

@@ -8,7 +8,7 @@ reports comes back as the matching :mod:`engine.errors` class.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import chan
@@ -62,13 +62,27 @@ class Client:
         ``chan.RemoteError`` from it into the engine's error."""
         return self._send(verb, args)
 
-    def stream(self, verb: str, **args: Any) -> Iterator[Any]:
-        """Send ``verb`` and yield every message of its answer."""
+    def stream(self, verb: str, *, on_idle: Callable[[], None] | None = None,
+               **args: Any) -> Iterator[Any]:
+        """Send ``verb`` and yield every message of its answer.
+
+        ``on_idle`` is called whenever the next message is not there yet, before
+        waiting for it: a consumer that buffers what it makes of the messages (output
+        to a terminal, say) flushes there, once per burst instead of once per message.
+        """
         rx = self._send(verb, args)
         try:
             while True:
                 try:
-                    yield rx.recv()
+                    if on_idle is None:
+                        yield rx.recv()
+                        continue
+                    try:
+                        msg = rx.recv(timeout=0)
+                    except chan.Timeout:
+                        on_idle()
+                        msg = rx.recv()
+                    yield msg
                 except chan.EndOfChannel:
                     return
                 except chan.RemoteError as exc:

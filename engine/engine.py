@@ -573,13 +573,21 @@ class Engine:
              cancelled: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
         """The container's log entries (``{"log", "stream", "time"}``), optionally
         followed until the container stops or ``cancelled()`` says to stop."""
+        batches = self.log_batches(ref, follow=follow, tail=tail, cancelled=cancelled)
+        return (entry for batch in batches for entry in batch)
+
+    def log_batches(self, ref: str, *, follow: bool = False, tail: int | None = None,
+                    cancelled: Callable[[], bool] | None = None
+                    ) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`logs`, a list of entries at a time (those of one read of the log)."""
         c = self.containers.get(ref)
         if follow and self.status(c) in ("running", "paused"):
             def ended(wait: float) -> bool:
                 return _ended(c.id, wait) or (cancelled is not None and cancelled())
 
-            return logs.read(c.path("container.log"), tail=tail, follow=True, ended=ended)
-        return logs.read(c.path("container.log"), tail=tail)
+            return logs.read_batches(c.path("container.log"), tail=tail, follow=True,
+                                     ended=ended)
+        return logs.read_batches(c.path("container.log"), tail=tail)
 
     def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True,
                stderr: bool = True) -> monitor_client.Attachment:

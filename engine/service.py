@@ -16,8 +16,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   auto_remove) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
   ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force)/``pause``/``unpause``
   (id); ``wait`` (id, condition) -> ``{"exit_code"}``; ``ls`` (all) -> list;
-  ``get`` (id) -> inspect dict; ``log`` (id, follow, tail) -> stream of
-  ``{"stream", "log", "time"}``; ``attach`` (id, stdin, stdout, stderr) and ``exec``
+  ``get`` (id) -> inspect dict; ``log`` (id, follow, tail, batch) -> stream of
+  ``{"stream", "log", "time"}`` (with ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
   (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``,
   then ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
   ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``.
@@ -335,10 +335,15 @@ def _v_commit(engine: Engine, a: _Args, ret: Any) -> Any:
 
 @verb("log")
 def _v_log(engine: Engine, a: _Args, ret: Any) -> Any:
-    tail = a.get("tail", int)
-    for entry in engine.logs(a.id(), follow=a.get("follow", bool, False), tail=tail,
-                             cancelled=_client_gone(ret)):
-        ret.send(entry)
+    batches = engine.log_batches(a.id(), follow=a.get("follow", bool, False),
+                                 tail=a.get("tail", int), cancelled=_client_gone(ret))
+    if a.get("batch", bool, False):
+        for batch in batches:  # a list of entries per message (per read of the log)
+            ret.send(batch)
+    else:
+        for batch in batches:
+            for entry in batch:
+                ret.send(entry)
     return STREAMED
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -302,8 +303,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     request.writer.send_headers()
     try:
-        async for entry in b.client.stream("log", id=c["Id"], follow=flag(request, "follow"),
-                                           tail=tail):
+        async for entry in _log_entries(b, id=c["Id"], follow=flag(request, "follow"),
+                                        tail=tail):
             stream = entry.get("stream", "stdout")
             if stream not in want:
                 continue
@@ -334,7 +335,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
             await b.tracker.until_started(cid)
             if stdin:
                 asyncio.ensure_future(_feed_stdin(b, cid, conn))
-            output = b.client.stream("log", id=cid, follow=True)
+            output = _log_entries(b, id=cid, follow=True)
             key = "log"
         else:
             output = b.client.stream("attach", id=cid, stdin=stdin, stdout="stdout" in want,
@@ -376,6 +377,15 @@ async def pump_stdin(conn: Any, stream: Any) -> None:
         await stream.close()
     except chan.ChannelError:
         pass
+
+
+async def _log_entries(b: Any, **args: Any) -> AsyncIterator[dict[str, Any]]:
+    """The ``log`` verb's entries, asked for a read of the log at a time: a chatty
+    container's output crosses the daemon's session in a few large messages, not in
+    a message per line."""
+    async for batch in b.client.stream("log", batch=True, **args):
+        for entry in batch if isinstance(batch, list) else [batch]:  # (an older daemon)
+            yield entry
 
 
 async def _copy_output(output: Any, conn: Any, want: set[str], tty: bool, key: str) -> None:

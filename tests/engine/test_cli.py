@@ -179,8 +179,8 @@ def test_a_reader_that_stops_early_is_no_error(image_root: str) -> None:
 def test_output_is_complete_when_piped(image_root: str) -> None:
     # the quick exit must not lose what was written but not yet flushed
     p = subprocess.run([CHANBOX, "--root", image_root, "run", "--rm", "--network", "none",
-                        "busybox", "sh", "-c", "seq 1 20000; echo done >&2; exit 4"],
+                        "busybox", "sh", "-c", "seq 1 200000; echo done >&2; exit 4"],
                        capture_output=True, timeout=60)
     assert p.returncode == 4
-    assert p.stdout.decode().split() == [str(i) for i in range(1, 20001)]
+    assert p.stdout.decode().split() == [str(i) for i in range(1, 200001)]
     assert p.stderr == b"done\n"
