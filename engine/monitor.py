@@ -291,7 +291,10 @@ class Monitor:
 
     def _log_records(self, name: str, lines: list[bytes]) -> None:
         tail = ',"stream":"%s","time":"%s"}\n' % (name, log_time(time.time_ns()))
-        text = "".join('{"log":' + json.dumps(line.decode("utf-8", "replace")) + tail
+        # surrogateescape, not replace: bytes that are not UTF-8 (a tar piped out of
+        # `run`, a character split between two reads) come back exactly from the
+        # \udcXX escapes (readers encode with surrogateescape); the file stays ASCII
+        text = "".join('{"log":' + json.dumps(line.decode("utf-8", "surrogateescape")) + tail
                        for line in lines)
         os.write(self.log_fd, text.encode())
 

@@ -184,3 +184,16 @@ def test_output_is_complete_when_piped(image_root: str) -> None:
     assert p.returncode == 4
     assert p.stdout.decode().split() == [str(i) for i in range(1, 200001)]
     assert p.stderr == b"done\n"
+
+
+def test_binary_output_comes_out_byte_for_byte(image_root: str) -> None:
+    # `chanbox run img tar c ... > backup.tar` must not lose a byte: the log that `run`
+    # follows keeps bytes that are not UTF-8 (and characters split between reads)
+    import hashlib
+
+    p = subprocess.run([CHANBOX, "--root", image_root, "run", "--rm", "--network", "none",
+                        "busybox", "sh", "-c", "cat /bin/busybox; md5sum /bin/busybox >&2"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout) > 100_000
+    assert hashlib.md5(p.stdout).hexdigest() == p.stderr.split()[0].decode()

@@ -136,8 +136,10 @@ def test_output_reaches_the_log_in_json_file_form(containers):
         "sh", "-c", "echo one; echo err >&2; printf 'two\\nthree'; printf '\\377\\n'")
     assert finished(cid, cdir)["exit_code"] == 0
     recs = log_records(cdir)
-    out = [r["log"] for r in recs if r["stream"] == "stdout"]
-    assert out == ["one\n", "two\n", "three\ufffd\n"]
+    out = [r["log"].encode("utf-8", "surrogateescape") for r in recs if r["stream"] == "stdout"]
+    assert out == [b"one\n", b"two\n", b"three\xff\n"]  # bytes that are not UTF-8 kept
+    with open(os.path.join(cdir, "container.log"), "rb") as f:
+        assert f.read().isascii()  # (as \udcXX escapes)
     assert [r["log"] for r in recs if r["stream"] == "stderr"] == ["err\n"]
     for r in recs:
         assert set(r) == {"log", "stream", "time"}
