@@ -43,7 +43,9 @@ except ImportError:  # pragma: no cover - depends on what has landed
 
 STREAM_FRAME = {"stdout": REP_STDOUT, "stderr": REP_STDERR}
 
-#: unsent bytes a client may have queued before it is dropped (a slow attacher)
+#: unsent bytes a client may have queued: then a slow attacher of the container is
+#: dropped (the log has everything), and an exec'd process is not read from until its
+#: client has taken half of them (its output exists nowhere else: it must wait)
 CLIENT_BUFFER_LIMIT = 1 << 20
 #: how long the monitor keeps flushing to clients after the container exited
 EXIT_FLUSH_SECONDS = 2.0
@@ -144,6 +146,7 @@ class _Proc:
         self.stdin_eof = False
         self.partial = {name: bytearray() for name in stdio.outputs}
         self.exited = False
+        self.paused = False  # its outputs are not read: its client is behind
 
 
 class Monitor:
@@ -254,10 +257,29 @@ class Monitor:
         for client in list(self.clients.values()):
             if client.proc is proc and name in client.streams:
                 self._send(client, out)
+                if not proc.is_init and len(client.outbuf) > CLIENT_BUFFER_LIMIT:
+                    self._pause_output(proc)
+
+    def _pause_output(self, proc: _Proc) -> None:
+        """Stop reading an exec'd process's output (it blocks writing) until its client
+        catches up: :meth:`_flush` resumes it."""
+        if proc.paused or proc.exited:
+            return
+        proc.paused = True
+        for fd in proc.stdio.outputs.values():
+            self.sel.unregister(fd)
+
+    def _resume_output(self, proc: _Proc) -> None:
+        if not proc.paused:
+            return
+        proc.paused = False
+        for name, fd in proc.stdio.outputs.items():
+            self.sel.register(fd, selectors.EVENT_READ, ("out", proc, name))
 
     def _close_output(self, proc: _Proc, name: str) -> None:
         fd = proc.stdio.outputs.pop(name)
-        self.sel.unregister(fd)
+        if not proc.paused:
+            self.sel.unregister(fd)
         if fd != proc.stdio.master:
             os.close(fd)
         if proc.is_init and proc.partial[name]:
@@ -531,7 +553,7 @@ class Monitor:
             self._update_events(client)
             return
         client.outbuf += data
-        if len(client.outbuf) > CLIENT_BUFFER_LIMIT:
+        if len(client.outbuf) > CLIENT_BUFFER_LIMIT and client.role == "attach":
             self._drop(client)  # too slow: the log still has everything
 
     def _flush(self, client: _Client) -> None:
@@ -543,6 +565,9 @@ class Monitor:
             self._drop(client)
             return
         del client.outbuf[:n]
+        proc = client.proc
+        if proc is not None and proc.paused and len(client.outbuf) <= CLIENT_BUFFER_LIMIT // 2:
+            self._resume_output(proc)
         if not client.outbuf:
             if client.role == "done":
                 self._drop(client)
@@ -559,6 +584,8 @@ class Monitor:
             pass
         del self.clients[client.fd]
         client.sock.close()
+        if client.proc is not None:
+            self._resume_output(client.proc)  # nobody waits for it any more: read on
 
     def _on_client_input(self, client: _Client) -> None:
         try:

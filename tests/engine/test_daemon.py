@@ -386,6 +386,34 @@ def test_a_daemon_stopped_with_sigterm_tells_its_clients_at_once(daemon_root: st
         d.stop()
 
 
+def test_exec_output_larger_than_the_monitors_buffer_arrives_whole(
+        daemon: DaemonProc) -> None:
+    # An exec'd process's output exists nowhere else (no log): a client that is behind
+    # makes the process wait, it is not dropped.  4 busyboxes: ~4x the buffer.
+    import hashlib
+
+    cid = out(daemon.cli("run", "-d", "busybox", "sleep", "300")).strip()
+    try:
+        files = "/bin/busybox " * 4
+        p = daemon.cli("exec", cid, "sh", "-c", f"cat {files}")
+        assert p.returncode == 0, p.stderr
+        want = out(daemon.cli("exec", cid, "sh", "-c", f"cat {files}| md5sum")).split()[0]
+        assert hashlib.md5(p.stdout).hexdigest() == want
+        assert len(p.stdout) > 4 * (1 << 20)
+        # a reader that stops early does not leave the process blocked for ever
+        reader = subprocess.Popen([CHANBOX, "-H", daemon.endpoint, "exec", cid, "sh", "-c",
+                                   "head -c 100000000 /dev/zero"], stdout=subprocess.PIPE)
+        assert reader.stdout.read(10) == b"\0" * 10
+        reader.stdout.close()
+        reader.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while "head" in out(daemon.cli("exec", cid, "ps")):
+            assert time.monotonic() < deadline, "the exec'd process was left blocked"
+            time.sleep(0.1)
+    finally:
+        daemon.cli("rm", "-f", cid)
+
+
 def test_no_daemon_at_the_endpoint_is_a_clear_error(sock_dir: str) -> None:
     with pytest.raises(NotRunning, match="no chanbox daemon answers"):
         connect(f"ipc://{sock_dir}/nobody.sock", timeout=0.5)
