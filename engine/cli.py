@@ -309,7 +309,13 @@ def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, **kw
     if detach:
         click.echo(cid)
         return
-    code = _follow(client, cid, stdin=kw["interactive"])
+    if kw["tty"] and kw["interactive"]:
+        from .cli_terminal import lent_to
+
+        with lent_to(client, cid):
+            code = _follow(client, cid, stdin=True)
+    else:
+        code = _follow(client, cid, stdin=kw["interactive"])
     if remove:
         _call(ctx, "rm", id=cid, force=True)
     sys.exit(code)
@@ -604,8 +610,14 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
     try:
         info = client.call("get", id=container)
         stdin = info["Config"]["OpenStdin"] and not no_stdin
-        code = _run_attachment(client.stream("attach", id=container, stdin=stdin,
-                                             on_idle=_OUT.flush), stdin)
+        replies = client.stream("attach", id=container, stdin=stdin, on_idle=_OUT.flush)
+        if stdin and info["Config"]["Tty"]:
+            from .cli_terminal import lent_to
+
+            with lent_to(client, info["Id"]):
+                code = _run_attachment(replies, stdin)
+        else:
+            code = _run_attachment(replies, stdin)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
     sys.exit(code)

@@ -442,6 +442,17 @@ class Engine:
         monitor_client.signal(c.id, signum)
         self._container_event("kill", c, signal=str(signum))
 
+    def resize(self, ref: str, rows: int, cols: int) -> None:
+        """Set the terminal size of a container started with ``tty`` (``docker`` sends
+        the user's window size at attach and on every change)."""
+        if not (0 < rows < 1 << 16 and 0 < cols < 1 << 16):
+            raise InvalidArgument(f"a terminal of {rows}x{cols} is out of range: rows and "
+                                  "columns go from 1 to 65535")
+        c = self._running(ref)
+        if not c.config["Config"].get("Tty"):
+            raise Conflict(f"container {c.short_id} has no terminal (create it with -t)")
+        monitor_client.resize(c.id, rows, cols)
+
     def stop(self, ref: str, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit code."""
         c = self.containers.get(ref)

@@ -46,7 +46,7 @@ STREAM_FRAME = {"stdout": REP_STDOUT, "stderr": REP_STDERR}
 #: unsent bytes a client may have queued: then a slow attacher of the container is
 #: dropped (the log has everything), and an exec'd process is not read from until its
 #: client has taken half of them (its output exists nowhere else: it must wait)
-CLIENT_BUFFER_LIMIT = 1 << 20
+CLIENT_BUFFER_LIMIT = 4 << 20  # (1 MiB let a fast reader on a busy machine fall behind)
 #: how long the monitor keeps flushing to clients after the container exited
 EXIT_FLUSH_SECONDS = 2.0
 #: Docker splits log lines longer than this into several records

@@ -24,7 +24,7 @@ from typing import Any
 from engine import errors
 from engine.spec import ProcessSpec
 
-__all__ = ["Attachment", "alive", "attach", "exec", "signal", "wait"]
+__all__ = ["Attachment", "alive", "attach", "exec", "resize", "signal", "wait"]
 
 # -- the wire protocol (shared with engine.monitor) ---------------------------------------------------------------
 HEADER = struct.Struct(">cI")
@@ -279,6 +279,13 @@ def wait(container_id: str, timeout: float | None = None,
     if kind != REP_EXIT:
         raise errors.EngineError(f"unexpected reply {kind!r} to wait; this is a bug")
     return body
+
+
+def resize(container_id: str, rows: int, cols: int) -> None:
+    """Set the size of the container's terminal (a container started with ``tty``; for
+    any other the monitor ignores it)."""
+    sock = _request(container_id, REQ_RESIZE, {"rows": int(rows), "cols": int(cols)})
+    sock.close()  # the monitor answers nothing; what was sent is read before the EOF
 
 
 def signal(container_id: str, signum: int) -> None:

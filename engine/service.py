@@ -15,7 +15,7 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   labels, memory, cpus, pids_limit, network, read_only, privileged, open_stdin, tty,
   auto_remove) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
   ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force)/``pause``/``unpause``
-  (id); ``wait`` (id, condition) -> ``{"exit_code"}``; ``ls`` (all) -> list;
+  (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id, condition) -> ``{"exit_code"}``; ``ls`` (all) -> list;
   ``get`` (id) -> inspect dict; ``log`` (id, follow, tail, batch) -> stream of
   ``{"stream", "log", "time"}`` (with ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
   (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``,
@@ -283,6 +283,12 @@ def _v_start(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("stop")
 def _v_stop(engine: Engine, a: _Args, ret: Any) -> Any:
     return {"exit_code": engine.stop(a.id(), timeout=a.get("timeout", float, 10))}
+
+
+@verb("resize")
+def _v_resize(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.resize(a.id(), a.get("rows", int, required=True), a.get("cols", int, required=True))
+    return {}
 
 
 @verb("kill")

@@ -412,6 +412,15 @@ def test_docker_py(bridge: BridgeProc) -> None:
         finally:
             c.remove(force=True)
         assert "cbx-py" not in [x.name for x in client.containers.list(all=True)]
+        # the size of a -t container's terminal reaches it
+        t = client.containers.run("busybox", ["sh", "-c", "sleep 1; stty size"], tty=True,
+                                  detach=True)
+        try:
+            t.resize(height=27, width=91)
+            assert t.wait(timeout=20)["StatusCode"] == 0
+            assert t.logs().strip() == b"27 91"
+        finally:
+            t.remove(force=True)
         with pytest.raises(docker.errors.NotFound):
             client.containers.get("cbx-py")
         tags = [t for i in client.images.list() for t in i.tags]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -197,3 +198,63 @@ def test_binary_output_comes_out_byte_for_byte(image_root: str) -> None:
     assert p.returncode == 0, p.stderr
     assert len(p.stdout) > 100_000
     assert hashlib.md5(p.stdout).hexdigest() == p.stderr.split()[0].decode()
+
+
+def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
+    # As `docker run -it`: raw mode (keys, ^C included, go to the container's terminal;
+    # no local echo, no second \r), the window size at the start and on SIGWINCH, and
+    # the terminal's own mode back at the end.
+    import fcntl
+    import pty
+    import select
+    import signal
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pty as its terminal
+        os.execv(CHANBOX, [CHANBOX, "--root", image_root, "run", "--rm", "-it",
+                           "--network", "none", "busybox", "sh"])
+    out = bytearray()
+
+    def until(needle: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in out:
+            assert time.monotonic() < deadline, (needle, bytes(out))
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out.extend(os.read(fd, 4096))
+                except OSError:
+                    return
+
+    try:
+        before = termios.tcgetattr(fd)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+        until(b"built-in commands")  # (ash then asks the terminal where its cursor is)
+        os.write(fd, b"stty size; echo $((6*7))\r")
+        until(b"42\r\n")
+        assert b"33 111\r\n" in out
+        assert out.count(b"stty size; echo") == 1  # echoed by the container's tty only
+        assert b"\r\r\n" not in out
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 122, 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        time.sleep(0.5)
+        os.write(fd, b"stty size\r")
+        until(b"44 122\r\n")
+        os.write(fd, b"sleep 30\r")
+        time.sleep(0.5)
+        os.write(fd, b"\x03")  # ^C: the container's shell interrupts its sleep
+        os.write(fd, b"exit 5\r")
+        until(b"exit 5\r\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 5
+        after = termios.tcgetattr(fd)
+        assert after[3] & (termios.ICANON | termios.ECHO) == \
+            before[3] & (termios.ICANON | termios.ECHO)  # cooked again
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)

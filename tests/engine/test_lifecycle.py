@@ -170,6 +170,22 @@ def test_kill_with_a_signal(client: Client) -> None:
         client.call("kill", id=cid, signal="KILL")
 
 
+def test_resize_sets_a_tty_containers_terminal_size(client: Client) -> None:
+    cid = client.call("spawn", image="busybox", tty=True,
+                      cmd=["sh", "-c", "sleep 0.5; stty size"])["id"]
+    client.call("resize", id=cid, rows=31, cols=97)
+    assert client.call("wait", id=cid)["exit_code"] == 0
+    assert "".join(e["log"] for e in client.stream("log", id=cid)).strip() == "31 97"
+    with pytest.raises(NotRunning):
+        client.call("resize", id=cid, rows=31, cols=97)
+    plain = client.call("spawn", image="busybox", cmd=["sleep", "30"])["id"]
+    with pytest.raises(Conflict, match="has no terminal"):
+        client.call("resize", id=plain, rows=31, cols=97)
+    with pytest.raises(InvalidArgument, match="out of range"):
+        client.call("resize", id=plain, rows=0, cols=97)
+    client.call("rm", id=plain, force=True)
+
+
 def test_inspect_has_dockers_keys(client: Client) -> None:
     cid = client.call("spawn", image="busybox", cmd=["sleep", "30"], name="cbx-inspect",
                       labels={"tier": "web"})["id"]
