@@ -72,11 +72,18 @@ def exit_status(status: int) -> tuple[int, int | None]:
 class _Stdio:
     """The monitor's ends of one process's stdio, and the child's ends until it started."""
 
-    def __init__(self, *, terminal: bool, open_stdin: bool) -> None:
+    def __init__(self, *, terminal: bool, open_stdin: bool, inside: bool = False) -> None:
         self.child: list[int] = []
         self.stdin: int | None = None  # we write the process's input here
         self.outputs: dict[str, int] = {}  # stream name -> fd we read
         self.master: int | None = None
+        self.open_stdin = open_stdin
+        # a terminal the starter makes inside the container: its master comes back here
+        self.console: socket.socket | None = None
+        if terminal and inside:
+            self.console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.child = [theirs.detach()]
+            return
         if terminal:
             master, slave = os.openpty()
             os.set_inheritable(master, False)
@@ -97,14 +104,38 @@ class _Stdio:
             self.outputs[name] = r
             self.child.append(w)
 
+    def starter_args(self) -> tuple[list[int], dict[str, int]]:
+        """The child's ends as a starter takes them: (stdin, stdout, stderr), kwargs."""
+        if self.console is not None:
+            return [-1, -1, -1], {"console": self.child[0]}
+        return self.child, {}
+
     def close_child(self) -> None:
-        """Close the child's ends (once it has them)."""
+        """Close the child's ends (once it has them); take the master of a terminal
+        made inside the container."""
         for fd in set(self.child):
             os.close(fd)
         self.child = []
+        if self.console is not None:
+            try:
+                _, fds, _, _ = socket.recv_fds(self.console, 16, 1)
+            finally:
+                self.console.close()
+                self.console = None
+            if len(fds) != 1:
+                raise errors.RuntimeFailure("the container's process did not hand over its "
+                                            "terminal; this is a bug")
+            self.master = fds[0]
+            os.set_inheritable(self.master, False)
+            self.outputs["stdout"] = self.master
+            if self.open_stdin:
+                self.stdin = self.master
 
     def close_all(self) -> None:
         """Close every end (the start failed)."""
+        if self.console is not None:
+            self.console.close()
+            self.console = None
         self.close_child()
         for fd in {self.stdin, *self.outputs.values()}:
             if fd is not None:
@@ -159,6 +190,8 @@ class Monitor:
         self.starter = starter
         self.listener = listener
         self.sel = selectors.DefaultSelector()
+        # engine.runtime makes a -t process's terminal in the container's own devpts
+        self._console_inside = bool(getattr(starter, "CONSOLE_INSIDE", False))
         self.clients: dict[int, _Client] = {}
         self.log_fd = os.open(os.path.join(container_dir, "container.log"),
                               os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
@@ -171,14 +204,20 @@ class Monitor:
     # -- starting ------------------------------------------------------------------
     def start(self, open_stdin: bool) -> _Proc:
         """Make the container's stdio and start it; raises the runtime's error."""
-        stdio = _Stdio(terminal=self.spec.process.terminal, open_stdin=open_stdin)
+        stdio = _Stdio(terminal=self.spec.process.terminal, open_stdin=open_stdin,
+                       inside=self._console_inside)
         try:
-            c = stdio.child
-            pid = self.starter.start(self.spec, c[0], c[1], c[2])
+            fds, kw = stdio.starter_args()
+            pid = self.starter.start(self.spec, *fds, **kw)
         except BaseException:
             stdio.close_all()
             raise
-        stdio.close_child()
+        try:
+            stdio.close_child()
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)  # a terminal nobody can read: do not run on
+            stdio.close_all()
+            raise
         self.init = self._adopt(pid, stdio, is_init=True)
         return self.init
 
@@ -708,18 +747,22 @@ class Monitor:
             return
         process = ProcessSpec(**req["process"])
         open_stdin = bool(req.get("open_stdin"))
-        stdio = _Stdio(terminal=process.terminal, open_stdin=open_stdin)
+        stdio = _Stdio(terminal=process.terminal, open_stdin=open_stdin,
+                       inside=self._console_inside)
+        pid = 0
         try:
-            c = stdio.child
-            pid = self.starter.exec_in(self.init.pid, self.spec, process, c[0], c[1], c[2])
+            fds, kw = stdio.starter_args()
+            pid = self.starter.exec_in(self.init.pid, self.spec, process, *fds, **kw)
+            stdio.close_child()
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
+            if pid:
+                os.kill(pid, signal.SIGKILL)  # its terminal could not be taken
             stdio.close_all()
             if not isinstance(exc, errors.EngineError):
                 exc = errors.RuntimeFailure(f"exec in container {self.spec.id[:12]} "
                                             f"failed: {exc}")
             self._finish(client, json_frame(REP_ERROR, error_payload(exc)))
             return
-        stdio.close_child()
         proc = self._adopt(pid, stdio, is_init=False)
         client.proc = proc
         client.streams = tuple(stdio.outputs)

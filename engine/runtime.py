@@ -28,6 +28,8 @@ import errno
 import fcntl
 import os
 import signal
+import socket
+import struct
 from typing import Any
 
 from engine import cgroups, rootfs, security, syscalls
@@ -42,7 +44,10 @@ from engine.errors import (
 )
 from engine.spec import ContainerSpec, ProcessSpec
 
-__all__ = ["DEFAULT_PATH", "exec_in", "start", "warm_up"]
+__all__ = ["CONSOLE_INSIDE", "DEFAULT_PATH", "exec_in", "start", "warm_up"]
+
+#: start() and exec_in() take ``console``: a terminal is made inside the container
+CONSOLE_INSIDE = True
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -83,8 +88,14 @@ def warm_up() -> None:
     security.default_seccomp_program()
 
 
-def start(spec: ContainerSpec, stdin: int, stdout: int, stderr: int) -> int:
+def start(spec: ContainerSpec, stdin: int, stdout: int, stderr: int, *,
+          console: int = -1) -> int:
     """Create the container and exec ``spec.process`` in it; return the init's host PID.
+
+    ``console``, a connected unix socket: the process gets a terminal made in the
+    container's own devpts (as runc's console socket: ``tty`` finds ``/dev/pts/N``
+    inside), whose master is sent over it; ``stdin``/``stdout``/``stderr`` are then
+    ignored.
 
     Call it in a single-threaded process (the monitor), which becomes the init's parent
     and must reap it.  The caller itself enters the container's pid namespace for its
@@ -110,11 +121,11 @@ def start(spec: ContainerSpec, stdin: int, stdout: int, stderr: int) -> int:
     rootfs_b = os.fsencode(spec.rootfs)
     plan = spec.net["plan"] if spec.net else None
     return _spawn(proc, stdin, stdout, stderr, lambda: _build_container(
-        flags, steps, rootfs_b, hostname, spec.network != "host", plan))
+        flags, steps, rootfs_b, hostname, spec.network != "host", plan), console)
 
 
 def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
-            stdin: int, stdout: int, stderr: int) -> int:
+            stdin: int, stdout: int, stderr: int, *, console: int = -1) -> int:
     """Run another process in the running container whose init is ``init_pid`` (``docker
     exec``); return its PID.
 
@@ -141,7 +152,7 @@ def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
         except OSError as exc:
             raise RuntimeFailure(f"enter container {spec.id} (pid {init_pid}): "
                                  f"{os.strerror(exc.errno or 0)}") from exc
-        return _spawn(proc, stdin, stdout, stderr, lambda: _enter(fds))
+        return _spawn(proc, stdin, stdout, stderr, lambda: _enter(fds), console)
     finally:
         for fd in fds:
             os.close(fd)
@@ -149,7 +160,8 @@ def exec_in(init_pid: int, spec: ContainerSpec, process: ProcessSpec,
 
 # -- parent: wait for exec or a report -------------------------------------------------
 
-def _spawn(proc: _Process, stdin: int, stdout: int, stderr: int, setup: Any) -> int:
+def _spawn(proc: _Process, stdin: int, stdout: int, stderr: int, setup: Any,
+           console: int = -1) -> int:
     """Fork the child that runs ``setup`` then execs ``proc``; its PID once exec'd.
 
     The child enters its v1 cgroups itself, first thing.  v2 cgroups are joined by the
@@ -164,7 +176,7 @@ def _spawn(proc: _Process, stdin: int, stdout: int, stderr: int, setup: Any) -> 
         os.close(r)
         if go_w >= 0:
             os.close(go_w)
-        _child(w, go_r, proc, stdin, stdout, stderr, setup)
+        _child(w, go_r, proc, stdin, stdout, stderr, setup, console)
     os.close(w)
     if go_w < 0:
         _await_exec(pid, r, proc.argv[0].decode("utf-8", "replace"))
@@ -227,7 +239,7 @@ def _error(report: bytes, cmd: str) -> EngineError:
 # -- child ------------------------------------------------------------------------------
 
 def _child(w: int, go: int, proc: _Process, stdin: int, stdout: int, stderr: int,
-           setup: Any) -> None:
+           setup: Any, console: int = -1) -> None:
     """The child between fork and exec; never returns."""
     code = 125
     try:
@@ -241,6 +253,8 @@ def _child(w: int, go: int, proc: _Process, stdin: int, stdout: int, stderr: int
                 if os.read(go, 1) != b"g":
                     return  # the parent could not put us in our cgroups; it reports that
                 os.close(go)
+            if console >= 0:
+                stdin = stdout = stderr = _make_console(console)
             _finish(proc, stdin, stdout, stderr)
         except rootfs.StepFailed as exc:
             _report(w, exc.errno, _SETUP, exc.stage)
@@ -255,6 +269,26 @@ def _child(w: int, go: int, proc: _Process, stdin: int, stdout: int, stderr: int
             _report(w, errno.EIO, _SETUP, f"container init: {exc!r}")
     finally:
         os._exit(code)
+
+
+def _make_console(console: int) -> int:
+    """In the container: a pty of its devpts; the master goes to the monitor over the
+    socket ``console``; the slave (returned) becomes the process's stdio."""
+    try:
+        master = os.open(b"/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fcntl.ioctl(master, syscalls.TIOCSPTLCK, struct.pack("i", 0))
+        n = struct.unpack("I", fcntl.ioctl(master, syscalls.TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(b"/dev/pts/%d" % n, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=console)
+        try:
+            socket.send_fds(sock, [b"t"], [master])
+        finally:
+            sock.detach()
+        os.close(master)
+        os.close(console)
+    except OSError as exc:
+        raise rootfs.StepFailed("make the container's terminal", exc.errno or errno.EIO) from None
+    return slave
 
 
 def _report(w: int, err: int, kind: bytes, stage: str) -> None:

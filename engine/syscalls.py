@@ -57,6 +57,8 @@ CLOSE_RANGE_CLOEXEC = 0x4
 
 # ioctl(2)
 TIOCSCTTY = 0x540E
+TIOCGPTN = 0x80045430  # the number of a pty master's slave
+TIOCSPTLCK = 0x40045431  # lock/unlock a pty's slave (unlockpt)
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 

@@ -231,10 +231,11 @@ def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
         before = termios.tcgetattr(fd)
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
         until(b"built-in commands")  # (ash then asks the terminal where its cursor is)
-        os.write(fd, b"stty size; echo $((6*7))\r")
+        os.write(fd, b"stty size; tty; echo $((6*7))\r")
         until(b"42\r\n")
         assert b"33 111\r\n" in out
-        assert out.count(b"stty size; echo") == 1  # echoed by the container's tty only
+        assert b"/dev/pts/0\r\n" in out  # a terminal of the container's own devpts
+        assert out.count(b"stty size; tty; echo") == 1  # echoed by the container's tty only
         assert b"\r\r\n" not in out
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 122, 0, 0))
         os.kill(pid, signal.SIGWINCH)
@@ -258,3 +259,18 @@ def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_a_t_process_has_a_terminal_of_the_containers_own(image_root: str) -> None:
+    # made in the container's devpts (runc's console socket): tty(1) finds it there
+    p = cli(image_root, "run", "--rm", "-t", "--network", "none", "busybox", "tty")
+    assert (p.returncode, out(p)) == (0, "/dev/pts/0\r\n")
+    cid = out(cli(image_root, "run", "-d", "--network", "none", "busybox", "sleep", "60")).strip()
+    try:
+        p = cli(image_root, "exec", "-t", cid, "sh", "-c", "tty; ls /dev/pts")
+        lines = out(p).split("\r\n")
+        assert p.returncode == 0 and lines[0].startswith("/dev/pts/")
+        assert lines[0].rsplit("/", 1)[1] in lines[1].split()  # its own devpts has it
+        assert cli(image_root, "exec", cid, "tty").returncode == 1  # no -t: not a tty
+    finally:
+        cli(image_root, "rm", "-f", cid)
