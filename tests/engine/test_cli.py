@@ -239,9 +239,16 @@ def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
         assert b"\r\r\n" not in out
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 122, 0, 0))
         os.kill(pid, signal.SIGWINCH)
-        time.sleep(0.5)
-        os.write(fd, b"stty size\r")
-        until(b"44 122\r\n")
+        for _ in range(20):  # the CLI sends the new size from a thread: ask until it is in
+            time.sleep(0.25)
+            os.write(fd, b"stty size\r")
+            until(b"stty size\r\n")
+            del out[:out.index(b"stty size\r\n") + 11]
+            until(b"\r\n")
+            if out.startswith(b"44 122\r\n"):
+                break
+        else:
+            raise AssertionError(f"the new size never arrived: {bytes(out)!r}")
         os.write(fd, b"sleep 30\r")
         time.sleep(0.5)
         os.write(fd, b"\x03")  # ^C: the container's shell interrupts its sleep
