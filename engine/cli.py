@@ -310,9 +310,9 @@ def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, **kw
         click.echo(cid)
         return
     if kw["tty"] and kw["interactive"]:
-        from .cli_terminal import lent_to
+        from .cli_terminal import container_resizer, lent_to
 
-        with lent_to(client, cid):
+        with lent_to(container_resizer(client, cid)):
             code = _follow(client, cid, stdin=True)
     else:
         code = _follow(client, cid, stdin=kw["interactive"])
@@ -525,11 +525,27 @@ def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps
         _die(str(exc), exc.exit_status)
 
 
-def _run_attachment(replies: Any, stdin: bool) -> int:
-    """Print an attach/exec answer's output, feed it our stdin; the exit code."""
+def _run_attachment(replies: Any, stdin: bool, resize: Any = None) -> int:
+    """Print an attach/exec answer's output, feed it our stdin; the exit code.
+
+    With stdin and a terminal on the other side (``resize``, or the ``resize`` Sender
+    of an ``exec -t`` answer), our terminal is lent to it (engine.cli_terminal)."""
     first = next(replies)
     if stdin and first.get("stdin") is not None:
         _background(_quietly(_pump_stdin), first["stdin"])
+    if stdin and resize is None and first.get("resize") is not None:
+        from .cli_terminal import exec_resizer
+
+        resize = exec_resizer(first["resize"])
+    if stdin and resize is not None:
+        from .cli_terminal import lent_to
+
+        with lent_to(resize):
+            return _print_attachment(replies)
+    return _print_attachment(replies)
+
+
+def _print_attachment(replies: Any) -> int:
     code = 0
     for msg in replies:
         if "data" in msg:
@@ -611,13 +627,12 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
         info = client.call("get", id=container)
         stdin = info["Config"]["OpenStdin"] and not no_stdin
         replies = client.stream("attach", id=container, stdin=stdin, on_idle=_OUT.flush)
-        if stdin and info["Config"]["Tty"]:
-            from .cli_terminal import lent_to
+        resize = None
+        if info["Config"]["Tty"]:
+            from .cli_terminal import container_resizer
 
-            with lent_to(client, info["Id"]):
-                code = _run_attachment(replies, stdin)
-        else:
-            code = _run_attachment(replies, stdin)
+            resize = container_resizer(client, info["Id"])
+        code = _run_attachment(replies, stdin, resize)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
     sys.exit(code)

@@ -1,4 +1,4 @@
-"""The user's terminal while a ``-t`` container has it (``run -it``, ``attach``).
+"""The user's terminal while a ``-t`` process has it (``run -it``, ``attach``, ``exec -it``).
 
 As ``docker`` does: the terminal goes to raw mode, so every key (^C and the arrows
 included) goes to the container's own terminal, which echoes and edits, and its output
@@ -13,16 +13,29 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import chan
 
 from .errors import EngineError
 
 
+def container_resizer(client: Any, cid: str) -> Callable[[int, int], None]:
+    """How a container's own terminal is resized: the ``resize`` verb."""
+    return lambda rows, cols: client.call("resize", id=cid, rows=rows, cols=cols)
+
+
+def exec_resizer(sizes: chan.Sender) -> Callable[[int, int], None]:
+    """How an exec'd process's terminal is resized: the ``resize`` Sender its answer
+    brought."""
+    return lambda rows, cols: sizes.send({"rows": rows, "cols": cols})
+
+
 @contextlib.contextmanager
-def lent_to(client: Any, cid: str) -> Iterator[None]:
-    """Lend our terminal (stdin) to the container ``cid`` for the ``with`` block; a
-    no-op when stdin is not a terminal."""
+def lent_to(resize: Callable[[int, int], None]) -> Iterator[None]:
+    """Lend our terminal (stdin) to a ``-t`` process for the ``with`` block, telling
+    ``resize(rows, cols)`` its size; a no-op when stdin is not a terminal."""
     fd = sys.stdin.fileno()
     if not os.isatty(fd):
         yield
@@ -33,9 +46,9 @@ def lent_to(client: Any, cid: str) -> Iterator[None]:
     def send_size() -> None:
         try:
             cols, rows = os.get_terminal_size(fd)
-            client.call("resize", id=cid, rows=rows, cols=cols)
-        except (OSError, EngineError):
-            pass  # a size the kernel cannot tell, or the container is gone: nothing to do
+            resize(rows, cols)
+        except (OSError, EngineError, chan.ChannelError):
+            pass  # a size the kernel cannot tell, or the process is gone: nothing to do
 
     def on_winch(signum: int, frame: Any) -> None:
         # a thread, not here: the main thread may be inside a channel call

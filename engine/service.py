@@ -18,8 +18,9 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id, condition) -> ``{"exit_code"}``; ``ls`` (all) -> list;
   ``get`` (id) -> inspect dict; ``log`` (id, follow, tail, batch) -> stream of
   ``{"stream", "log", "time"}`` (with ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
-  (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``,
-  then ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
+  (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``
+  (for ``exec`` with ``tty`` also ``"resize"``: a Sender of ``{"rows", "cols"}``), then
+  ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
   ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``.
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
@@ -353,15 +354,22 @@ def _v_log(engine: Engine, a: _Args, ret: Any) -> Any:
     return STREAMED
 
 
-def _stream_attachment(att: Any, ret: Any, stdin: bool) -> Any:
-    """Send an attachment's output on ``ret`` and feed a chan stream to its stdin."""
-    theirs = None
+def _stream_attachment(att: Any, ret: Any, stdin: bool, tty: bool = False) -> Any:
+    """Send an attachment's output on ``ret`` and feed a chan stream to its stdin; with
+    ``tty``, the first message also carries a ``resize`` Sender for the terminal's size
+    (``{"rows", "cols"}`` messages)."""
+    first: dict[str, Any] = {"stdin": None}
     if stdin:
-        ours, theirs = chan.stream_pair()
+        ours, first["stdin"] = chan.stream_pair()
         threading.Thread(target=_pump_stdin, args=(ours, att), daemon=True,
                          name="chanbox-stdin").start()
+    sizes = None
+    if tty:
+        first["resize"], sizes = chan.pipe()
+        threading.Thread(target=_pump_sizes, args=(sizes, att), daemon=True,
+                         name="chanbox-resize").start()
     try:
-        ret.send({"stdin": theirs})
+        ret.send(first)
         while True:
             try:
                 item = att.read(timeout=CANCEL_CHECK)
@@ -375,7 +383,18 @@ def _stream_attachment(att: Any, ret: Any, stdin: bool) -> Any:
         ret.send(dict(att.exit or {}))
     finally:
         att.close()
+        if sizes is not None:
+            sizes.close()  # ends _pump_sizes
     return STREAMED
+
+
+def _pump_sizes(sizes: chan.Receiver, att: Any) -> None:
+    try:
+        for size in sizes:
+            if isinstance(size, dict):
+                att.resize(int(size["rows"]), int(size["cols"]))
+    except (chan.ChannelError, OSError, EngineError, KeyError, TypeError, ValueError):
+        pass  # the process ended, the client left, or sent nonsense: sizes stop here
 
 
 def _pump_stdin(stream: chan.ByteStream, att: Any) -> None:
@@ -401,10 +420,11 @@ def _v_attach(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("exec")
 def _v_exec(engine: Engine, a: _Args, ret: Any) -> Any:
     stdin = a.get("open_stdin", bool, False)
+    tty = a.get("tty", bool, False)
     att = engine.exec(a.id(), a.strings("cmd", []) or [], env=a.strings("env", []),
                       workdir=a.get("workdir", str, ""), user=a.get("user", str, ""),
-                      open_stdin=stdin, tty=a.get("tty", bool, False))
-    return _stream_attachment(att, ret, stdin)
+                      open_stdin=stdin, tty=tty)
+    return _stream_attachment(att, ret, stdin, tty)
 
 
 # -- images ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import secrets
 from collections import OrderedDict
 from typing import Any
 
+import chan
 from aiohttp import web
 
 from engine import errors
@@ -62,7 +63,9 @@ async def create(request: web.Request) -> web.StreamResponse:
         "tty": bool(body.get("Tty")), "stdin": bool(body.get("AttachStdin")),
         "stdout": body.get("AttachStdout", True), "stderr": body.get("AttachStderr", True),
         "privileged": bool(body.get("Privileged")),
-        "running": False, "done": False, "exit_code": None, "pid": 0})
+        "running": False, "done": False, "exit_code": None, "pid": 0,
+        # the resize Sender of a started -t exec, once its first answer came
+        "resize": None, "resizable": asyncio.Event()})
     return json_ok({"Id": eid}, status=201)
 
 
@@ -92,6 +95,8 @@ async def start(request: web.Request) -> web.StreamResponse:
             if "stdin" in msg:
                 if item["stdin"]:
                     asyncio.ensure_future(pump_stdin(conn, msg.get("stdin")))
+                item["resize"] = msg.get("resize")
+                item["resizable"].set()
             elif "data" in msg:
                 if msg.get("stream", "stdout") in want:
                     await conn.write(msg["data"] if tty else mux.frame(msg["stream"], msg["data"]))
@@ -143,8 +148,23 @@ async def inspect(request: web.Request) -> web.StreamResponse:
 
 
 async def resize(request: web.Request) -> web.StreamResponse:
-    """``POST /exec/EID/resize``: accepted (terminal sizes are not forwarded yet)."""
-    bridge_of(request).execs.get(request.match_info["id"])
+    """``POST /exec/EID/resize?h=&w=``: the size of a ``-t`` exec's terminal."""
+    item = bridge_of(request).execs.get(request.match_info["id"])
+    try:
+        rows, cols = int(request.query.get("h") or 0), int(request.query.get("w") or 0)
+    except ValueError:
+        raise errors.InvalidArgument("h and w must be whole numbers of rows and columns") \
+            from None
+    if rows and cols and item["tty"] and item["running"]:
+        try:  # the CLI sends it right after the start, maybe before the first answer
+            await asyncio.wait_for(item["resizable"].wait(), 5)
+        except asyncio.TimeoutError:
+            return web.Response(status=200)
+        if item["resize"] is not None:
+            try:
+                await item["resize"].send({"rows": rows, "cols": cols})
+            except chan.ChannelError:
+                pass  # the process has ended
     return web.Response(status=200)
 
 

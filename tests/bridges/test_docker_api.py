@@ -421,6 +421,16 @@ def test_docker_py(bridge: BridgeProc) -> None:
             assert t.logs().strip() == b"27 91"
         finally:
             t.remove(force=True)
+        # ... and so does an exec's
+        s = client.containers.run("busybox", ["sleep", "60"], detach=True)
+        try:
+            eid = client.api.exec_create(s.id, ["sh", "-c", "sleep 1; stty size"],
+                                         tty=True)["Id"]
+            output = client.api.exec_start(eid, tty=True, stream=True)
+            client.api.exec_resize(eid, height=23, width=77)
+            assert b"".join(output).strip() == b"23 77"
+        finally:
+            s.remove(force=True)
         with pytest.raises(docker.errors.NotFound):
             client.containers.get("cbx-py")
         tags = [t for i in client.images.list() for t in i.tags]

@@ -200,10 +200,11 @@ def test_binary_output_comes_out_byte_for_byte(image_root: str) -> None:
     assert hashlib.md5(p.stdout).hexdigest() == p.stderr.split()[0].decode()
 
 
-def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
-    # As `docker run -it`: raw mode (keys, ^C included, go to the container's terminal;
-    # no local echo, no second \r), the window size at the start and on SIGWINCH, and
-    # the terminal's own mode back at the end.
+def _lends_the_terminal(argv: list[str]) -> None:
+    """Drive ``argv`` (a -it shell) from a pty, as ``docker run -it``/``exec -it`` are
+    used: raw mode (keys, ^C included, go to the process's terminal; no local echo, no
+    second \r), the window size at the start and on SIGWINCH, the exit code, and the
+    terminal's own mode back at the end."""
     import fcntl
     import pty
     import select
@@ -213,8 +214,7 @@ def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI with the pty as its terminal
-        os.execv(CHANBOX, [CHANBOX, "--root", image_root, "run", "--rm", "-it",
-                           "--network", "none", "busybox", "sh"])
+        os.execv(argv[0], argv)
     out = bytearray()
 
     def until(needle: bytes, timeout: float = 10.0) -> None:
@@ -266,6 +266,19 @@ def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
+    _lends_the_terminal([CHANBOX, "--root", image_root, "run", "--rm", "-it",
+                         "--network", "none", "busybox", "sh"])
+
+
+def test_exec_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "--network", "none", "busybox", "sleep", "60")).strip()
+    try:
+        _lends_the_terminal([CHANBOX, "--root", image_root, "exec", "-it", cid, "sh"])
+    finally:
+        cli(image_root, "rm", "-f", cid)
 
 
 def test_a_t_process_has_a_terminal_of_the_containers_own(image_root: str) -> None:
