@@ -310,10 +310,15 @@ def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, **kw
         click.echo(cid)
         return
     if kw["tty"] and kw["interactive"]:
-        from .cli_terminal import container_resizer, lent_to
+        from .cli_terminal import Detached, container_resizer, lent_to
 
-        with lent_to(container_resizer(client, cid)):
-            code = _follow(client, cid, stdin=True)
+        try:
+            # (no detaching from an attached --rm: we remove it once it exits)
+            with lent_to(container_resizer(client, cid), detachable=not remove):
+                code = _follow(client, cid, stdin=True)
+        except Detached:
+            click.echo("read escape sequence", err=True)
+            return  # it runs on
     else:
         code = _follow(client, cid, stdin=kw["interactive"])
     if remove:
@@ -329,7 +334,8 @@ def _follow(client: Any, cid: str, *, stdin: bool) -> int:
         _forward_stdin(client, cid)
     _proxy_signals(client, cid)
     try:
-        _print_log(client, id=cid, follow=True)
+        if _print_log(client, id=cid, follow=True):
+            return 0  # the user detached (cli_terminal)
         return client.call("wait", id=cid)["exit_code"]
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
@@ -369,10 +375,17 @@ def _forward_stdin(client: Any, cid: str) -> None:
 
 
 def _pump_stdin(stream: Any) -> None:
-    """Copy our stdin into a chan byte stream until EOF, then close it."""
+    """Copy our stdin into a chan byte stream until EOF, then close it (not when the
+    user detached: the process keeps its stdin)."""
+    from .cli_terminal import filter_input
+
     fd = sys.stdin.fileno()
     while data := os.read(fd, 65536):
-        stream.write(data)
+        data = filter_input(data)
+        if data is None:
+            return
+        if data:
+            stream.write(data)
     stream.close()
 
 
@@ -538,10 +551,14 @@ def _run_attachment(replies: Any, stdin: bool, resize: Any = None) -> int:
 
         resize = exec_resizer(first["resize"])
     if stdin and resize is not None:
-        from .cli_terminal import lent_to
+        from .cli_terminal import Detached, lent_to
 
-        with lent_to(resize):
-            return _print_attachment(replies)
+        try:
+            with lent_to(resize):
+                return _print_attachment(replies)
+        except Detached:
+            click.echo("read escape sequence", err=True)
+            return 0  # it runs on
     return _print_attachment(replies)
 
 
@@ -592,10 +609,14 @@ class _Output:
 _OUT = _Output()
 
 
-def _print_log(client: Any, *, timestamps: bool = False, **args: Any) -> None:
+def _print_log(client: Any, *, timestamps: bool = False, **args: Any) -> bool:
     """Print what the ``log`` verb answers, asked for in batches (a message per read
-    of the log, not per line); each run of lines of one stream is one write."""
-    for batch in client.stream("log", batch=True, on_idle=_OUT.flush, **args):
+    of the log, not per line); each run of lines of one stream is one write.  Whether
+    the user detached (then it stops early)."""
+    from .cli_terminal import detached
+
+    for batch in client.stream("log", batch=True, on_idle=_OUT.flush, stop=detached,
+                               **args):
         if not isinstance(batch, list):
             batch = [batch]  # an older daemon: an entry per message
         run: list[bytes] = []
@@ -612,6 +633,7 @@ def _print_log(client: Any, *, timestamps: bool = False, **args: Any) -> None:
         if run:
             _OUT.write(stream, b"".join(run))
     _OUT.flush()
+    return detached()
 
 
 @main.command()
@@ -626,7 +648,10 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
     try:
         info = client.call("get", id=container)
         stdin = info["Config"]["OpenStdin"] and not no_stdin
-        replies = client.stream("attach", id=container, stdin=stdin, on_idle=_OUT.flush)
+        from .cli_terminal import detached
+
+        replies = client.stream("attach", id=container, stdin=stdin, on_idle=_OUT.flush,
+                                stop=detached)
         resize = None
         if info["Config"]["Tty"]:
             from .cli_terminal import container_resizer
@@ -652,10 +677,12 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
     """Run a command in a running container."""
     from .errors import EngineError
 
+    from .cli_terminal import detached
+
     try:
         code = _run_attachment(_client(ctx).stream(
             "exec", id=container, cmd=list(cmd), env=list(env), workdir=workdir, user=user,
-            open_stdin=interactive, tty=tty, on_idle=_OUT.flush), interactive)
+            open_stdin=interactive, tty=tty, on_idle=_OUT.flush, stop=detached), interactive)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
     sys.exit(code)

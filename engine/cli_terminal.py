@@ -3,7 +3,8 @@
 As ``docker`` does: the terminal goes to raw mode, so every key (^C and the arrows
 included) goes to the container's own terminal, which echoes and edits, and its output
 is shown as it is (no second ``\\r`` added here); the window's size is sent at the start
-and on every SIGWINCH.  The terminal is restored however the command ends.
+and on every SIGWINCH.  ^P^Q detaches (:class:`Detached`): the process runs on.  The
+terminal is restored however the command ends.
 """
 
 from __future__ import annotations
@@ -21,6 +22,54 @@ import chan
 from .errors import EngineError
 
 
+#: docker's default detach keys: ctrl-p ctrl-q
+DETACH_KEYS = b"\x10\x11"
+
+
+class Detached(Exception):
+    """The user typed the detach keys: leave the process running."""
+
+
+class _Keys:
+    """What our stdin sends on, with the detach keys taken out (a ^P is held back
+    until the next key says whether it starts them)."""
+
+    def __init__(self) -> None:
+        self.held = b""
+        self.detached = False
+
+    def filter(self, data: bytes) -> bytes:
+        data = self.held + data
+        self.held = b""
+        at = data.find(DETACH_KEYS)
+        if at >= 0:
+            self.detached = True  # the main thread's stream sees it (detached())
+            return data[:at]
+        if data.endswith(DETACH_KEYS[:1]):
+            self.held, data = data[-1:], data[:-1]
+        return data
+
+
+_keys: _Keys | None = None  # while a terminal is lent with detach keys
+
+
+def detached() -> bool:
+    """Whether the user typed the detach keys (the output streams stop on it)."""
+    keys = _keys
+    return keys is not None and keys.detached
+
+
+def filter_input(data: bytes) -> bytes | None:
+    """Our stdin's ``data`` as it should go on; None once the user detached."""
+    keys = _keys
+    if keys is None:
+        return data
+    if keys.detached:
+        return None
+    out = keys.filter(data)
+    return None if keys.detached and not out else out
+
+
 def container_resizer(client: Any, cid: str) -> Callable[[int, int], None]:
     """How a container's own terminal is resized: the ``resize`` verb."""
     return lambda rows, cols: client.call("resize", id=cid, rows=rows, cols=cols)
@@ -33,9 +82,12 @@ def exec_resizer(sizes: chan.Sender) -> Callable[[int, int], None]:
 
 
 @contextlib.contextmanager
-def lent_to(resize: Callable[[int, int], None]) -> Iterator[None]:
+def lent_to(resize: Callable[[int, int], None], *, detachable: bool = True) -> Iterator[None]:
     """Lend our terminal (stdin) to a ``-t`` process for the ``with`` block, telling
-    ``resize(rows, cols)`` its size; a no-op when stdin is not a terminal."""
+    ``resize(rows, cols)`` its size; a no-op when stdin is not a terminal.  With
+    ``detachable``, the detach keys end the streams that watch :func:`detached`; the
+    ``with`` block then raises :class:`Detached`."""
+    global _keys
     fd = sys.stdin.fileno()
     if not os.isatty(fd):
         yield
@@ -59,7 +111,12 @@ def lent_to(resize: Callable[[int, int], None]) -> Iterator[None]:
     try:
         send_size()
         tty.setraw(fd, termios.TCSANOW)
+        if detachable:
+            _keys = _Keys()
         yield
+        if detached():
+            raise Detached()
     finally:
+        _keys = None
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, previous)

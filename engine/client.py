@@ -32,6 +32,19 @@ def engine_error(exc: chan.RemoteError) -> errors.EngineError:
     return _BY_CODE.get(exc.code, errors.EngineError)(exc.message)
 
 
+_STOPPED = object()
+
+
+def _recv_unless(rx: chan.Receiver, stop: Callable[[], bool] | None) -> Any:
+    """``rx.recv()``, or :data:`_STOPPED` once ``stop()`` says so."""
+    while True:
+        try:
+            return rx.recv(timeout=None if stop is None else 0.25)
+        except chan.Timeout:
+            if stop is not None and stop():
+                return _STOPPED
+
+
 class Client:
     """Calls the engine's verbs over a channel."""
 
@@ -63,25 +76,29 @@ class Client:
         return self._send(verb, args)
 
     def stream(self, verb: str, *, on_idle: Callable[[], None] | None = None,
-               **args: Any) -> Iterator[Any]:
+               stop: Callable[[], bool] | None = None, **args: Any) -> Iterator[Any]:
         """Send ``verb`` and yield every message of its answer.
 
         ``on_idle`` is called whenever the next message is not there yet, before
         waiting for it: a consumer that buffers what it makes of the messages (output
         to a terminal, say) flushes there, once per burst instead of once per message.
+        ``stop``, asked every quarter second while waiting, ends the stream early.
         """
         rx = self._send(verb, args)
         try:
             while True:
                 try:
-                    if on_idle is None:
+                    if on_idle is None and stop is None:
                         yield rx.recv()
                         continue
                     try:
                         msg = rx.recv(timeout=0)
                     except chan.Timeout:
-                        on_idle()
-                        msg = rx.recv()
+                        if on_idle is not None:
+                            on_idle()
+                        msg = _recv_unless(rx, stop)
+                        if msg is _STOPPED:
+                            return
                     yield msg
                 except chan.EndOfChannel:
                     return

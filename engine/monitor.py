@@ -144,6 +144,15 @@ class _Stdio:
         self.outputs = {}
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the peer closed its whole end (POLLHUP), not just its writing half."""
+    import select
+
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return any(ev & select.POLLHUP for _, ev in poller.poll(0))
+
+
 # -- clients ----------------------------------------------------------------------------
 class _Client:
     """One connection to the monitor."""
@@ -655,8 +664,10 @@ class Monitor:
 
     def _on_client_eof(self, client: _Client) -> None:
         proc = client.proc
-        if client.stdin and proc is not None:
-            # a half-close closes the process's stdin; output still flows to the client
+        if client.stdin and proc is not None and not _closed_by_peer(client.sock):
+            # a half-close closes the process's stdin; output still flows to the client.
+            # (A client that closed for good, died or detached (^P^Q), leaves the
+            # stdin open for the next one, as a docker attach does.)
             self._write_stdin(proc, b"")
             client.reading = False
             client.stdin = False

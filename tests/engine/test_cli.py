@@ -200,72 +200,99 @@ def test_binary_output_comes_out_byte_for_byte(image_root: str) -> None:
     assert hashlib.md5(p.stdout).hexdigest() == p.stderr.split()[0].decode()
 
 
+class _Pty:
+    """``argv`` run with a pty as its terminal; what it printed so far in ``out``."""
+
+    def __init__(self, argv: list[str], rows: int = 33, cols: int = 111) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the CLI with the pty as its terminal
+            os.execv(argv[0], argv)
+        self.out = bytearray()
+        self.cooked = termios.tcgetattr(self.fd)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def until(self, needle: bytes, timeout: float = 10.0) -> None:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while needle not in self.out:
+            assert time.monotonic() < deadline, (needle, bytes(self.out))
+            if select.select([self.fd], [], [], 0.1)[0]:
+                try:
+                    self.out.extend(os.read(self.fd, 4096))
+                except OSError:
+                    return
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def exit_code(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            assert time.monotonic() < deadline, f"still running: {bytes(self.out)!r}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        import signal
+
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
 def _lends_the_terminal(argv: list[str]) -> None:
     """Drive ``argv`` (a -it shell) from a pty, as ``docker run -it``/``exec -it`` are
     used: raw mode (keys, ^C included, go to the process's terminal; no local echo, no
     second \r), the window size at the start and on SIGWINCH, the exit code, and the
     terminal's own mode back at the end."""
     import fcntl
-    import pty
-    import select
     import signal
     import struct
     import termios
 
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI with the pty as its terminal
-        os.execv(argv[0], argv)
-    out = bytearray()
-
-    def until(needle: bytes, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in out:
-            assert time.monotonic() < deadline, (needle, bytes(out))
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    out.extend(os.read(fd, 4096))
-                except OSError:
-                    return
-
+    t = _Pty(argv)
     try:
-        before = termios.tcgetattr(fd)
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-        until(b"built-in commands")  # (ash then asks the terminal where its cursor is)
-        os.write(fd, b"stty size; tty; echo $((6*7))\r")
-        until(b"42\r\n")
-        assert b"33 111\r\n" in out
-        assert b"/dev/pts/0\r\n" in out  # a terminal of the container's own devpts
-        assert out.count(b"stty size; tty; echo") == 1  # echoed by the container's tty only
-        assert b"\r\r\n" not in out
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 122, 0, 0))
-        os.kill(pid, signal.SIGWINCH)
+        t.until(b"built-in commands")  # (ash then asks the terminal where its cursor is)
+        t.type(b"stty size; tty; echo $((6*7))\r")
+        t.until(b"42\r\n")
+        assert b"33 111\r\n" in t.out
+        assert b"/dev/pts/0\r\n" in t.out  # a terminal of the container's own devpts
+        assert t.out.count(b"stty size; tty; echo") == 1  # echoed by the container's tty only
+        assert b"\r\r\n" not in t.out
+        fcntl.ioctl(t.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 122, 0, 0))
+        os.kill(t.pid, signal.SIGWINCH)
         for _ in range(20):  # the CLI sends the new size from a thread: ask until it is in
             time.sleep(0.25)
-            os.write(fd, b"stty size\r")
-            until(b"stty size\r\n")
-            del out[:out.index(b"stty size\r\n") + 11]
-            until(b"\r\n")
-            if out.startswith(b"44 122\r\n"):
+            t.type(b"stty size\r")
+            t.until(b"stty size\r\n")
+            del t.out[:t.out.index(b"stty size\r\n") + 11]
+            t.until(b"\r\n")
+            if t.out.startswith(b"44 122\r\n"):
                 break
         else:
-            raise AssertionError(f"the new size never arrived: {bytes(out)!r}")
-        os.write(fd, b"sleep 30\r")
+            raise AssertionError(f"the new size never arrived: {bytes(t.out)!r}")
+        t.type(b"sleep 30\r")
         time.sleep(0.5)
-        os.write(fd, b"\x03")  # ^C: the container's shell interrupts its sleep
-        os.write(fd, b"exit 5\r")
-        until(b"exit 5\r\n")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 5
-        after = termios.tcgetattr(fd)
+        t.type(b"\x03")  # ^C: the container's shell interrupts its sleep
+        t.type(b"exit 5\r")
+        t.until(b"exit 5\r\n")
+        assert t.exit_code() == 5
+        after = termios.tcgetattr(t.fd)
         assert after[3] & (termios.ICANON | termios.ECHO) == \
-            before[3] & (termios.ICANON | termios.ECHO)  # cooked again
+            t.cooked[3] & (termios.ICANON | termios.ECHO)  # cooked again
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        t.close()
 
 
 def test_run_it_lends_the_terminal_and_gives_it_back(image_root: str) -> None:
@@ -294,3 +321,43 @@ def test_a_t_process_has_a_terminal_of_the_containers_own(image_root: str) -> No
         assert cli(image_root, "exec", cid, "tty").returncode == 1  # no -t: not a tty
     finally:
         cli(image_root, "rm", "-f", cid)
+
+
+def _detaches(argv: list[str]) -> None:
+    """^P^Q leaves the -it process running: the CLI ends with status 0."""
+    t = _Pty(argv)
+    try:
+        t.type(b"echo $((40+2))\r")  # (waits in the terminal until the CLI reads it)
+        t.until(b"42\r\n")
+        t.type(b"\x10")  # ^P alone is held back ...
+        time.sleep(0.3)
+        t.type(b"\x11")  # ... until ^Q says it is the detach keys
+        t.until(b"read escape sequence")
+        assert t.exit_code() == 0
+    finally:
+        t.close()
+
+
+def test_detach_keys_leave_the_container_and_its_stdin_running(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "-it", "--network", "none", "busybox", "sh")).strip()
+    try:
+        _detaches([CHANBOX, "--root", image_root, "attach", cid])
+        _detaches([CHANBOX, "--root", image_root, "attach", cid])  # its shell took no EOF
+        _detaches([CHANBOX, "--root", image_root, "exec", "-it", cid, "sh"])
+        procs = out(cli(image_root, "exec", cid, "ps", "-o", "comm"))
+        assert procs.split().count("sh") == 2  # the exec'd shell runs on too
+        _detaches([CHANBOX, "--root", image_root, "run", "-it", "--name", "cbx-cli-det",
+                   "--network", "none", "busybox", "sh"])
+        assert json.loads(out(cli(image_root, "inspect", "cbx-cli-det")))[0]["State"]["Running"]
+    finally:
+        cli(image_root, "rm", "-f", cid, "cbx-cli-det")
+
+
+def test_detach_keys_are_taken_out_of_the_input_and_a_lone_ctrl_p_goes_on() -> None:
+    from engine.cli_terminal import _Keys
+
+    keys = _Keys()
+    assert keys.filter(b"ab\x10") == b"ab"  # held back: it may start the keys
+    assert keys.filter(b"c") == b"\x10c"  # it did not
+    assert not keys.detached
+    assert keys.filter(b"xy\x10\x11zz") == b"xy" and keys.detached

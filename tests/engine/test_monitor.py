@@ -203,6 +203,22 @@ def test_half_close_closes_stdin(containers):
     att.close()
 
 
+def test_a_client_that_closes_for_good_leaves_stdin_open(containers):
+    # a client that died or detached (^P^Q) is no half-close: the next one types on
+    cid, _, _ = containers.run("cat", open_stdin=True)
+    att = monitor_client.attach(cid, stdin=True)
+    att.write(b"x\n")
+    assert att.read(timeout=10) == ("stdout", b"x\n")
+    att.close()
+    time.sleep(0.3)
+    assert monitor_client.alive(cid)  # cat read no EOF
+    again = monitor_client.attach(cid, stdin=True)
+    again.write(b"y\n")
+    again._sock.shutdown(socket.SHUT_WR)
+    assert read_all(again)["stdout"] == b"y\n"
+    again.close()
+
+
 def test_two_attachers_both_get_the_output(containers):
     cid, _, _ = containers.run("sh", "-c", "read x; seq 1 2000", open_stdin=True)
     a, b = monitor_client.attach(cid, stdin=True), monitor_client.attach(cid)
