@@ -664,10 +664,12 @@ class Monitor:
 
     def _on_client_eof(self, client: _Client) -> None:
         proc = client.proc
-        if client.stdin and proc is not None and not _closed_by_peer(client.sock):
+        if client.stdin and proc is not None and (
+                proc.stdio.master is None or not _closed_by_peer(client.sock)):
             # a half-close closes the process's stdin; output still flows to the client.
-            # (A client that closed for good, died or detached (^P^Q), leaves the
-            # stdin open for the next one, as a docker attach does.)
+            # So does any close of a pipe's client (docker's StdinOnce: `run -i` killed,
+            # the container reads EOF).  A terminal's client that closed for good
+            # (detached with ^P^Q, or died) leaves it open for the next attach.
             self._write_stdin(proc, b"")
             client.reading = False
             client.stdin = False

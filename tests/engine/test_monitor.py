@@ -203,20 +203,31 @@ def test_half_close_closes_stdin(containers):
     att.close()
 
 
-def test_a_client_that_closes_for_good_leaves_stdin_open(containers):
+def test_a_terminals_client_that_closes_for_good_leaves_stdin_open(containers):
     # a client that died or detached (^P^Q) is no half-close: the next one types on
-    cid, _, _ = containers.run("cat", open_stdin=True)
+    cid, _, _ = containers.run("sh", "-c", "stty -echo; cat", open_stdin=True, terminal=True)
     att = monitor_client.attach(cid, stdin=True)
+    time.sleep(0.3)
     att.write(b"x\n")
-    assert att.read(timeout=10) == ("stdout", b"x\n")
+    assert att.read(timeout=10) == ("stdout", b"x\r\n")
     att.close()
     time.sleep(0.3)
     assert monitor_client.alive(cid)  # cat read no EOF
     again = monitor_client.attach(cid, stdin=True)
     again.write(b"y\n")
-    again._sock.shutdown(socket.SHUT_WR)
-    assert read_all(again)["stdout"] == b"y\n"
+    assert again.read(timeout=10) == ("stdout", b"y\r\n")
     again.close()
+    monitor_client.signal(cid, signal.SIGKILL)
+
+
+def test_a_pipes_client_that_goes_away_ends_stdin(containers):
+    # as docker's StdinOnce: a killed `run -i` must not leave `cat` waiting for ever
+    cid, cdir, _ = containers.run("cat", open_stdin=True)
+    att = monitor_client.attach(cid, stdin=True)
+    att.write(b"x\n")
+    assert att.read(timeout=10) == ("stdout", b"x\n")
+    att.close()
+    assert finished(cid, cdir)["exit_code"] == 0
 
 
 def test_two_attachers_both_get_the_output(containers):
