@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -11,12 +12,20 @@ from .cli import _call, _client, _die, main
 
 
 @main.command()
-@click.option("-i", "--input", "path", required=True, type=click.Path(exists=True),
-              help="A docker-save tarball or an OCI image layout (directory or tar).")
+@click.option("-i", "--input", "path", type=click.Path(exists=True),
+              help="A docker-save tarball or an OCI image layout (directory or tar); "
+                   "without it, a tarball on stdin.")
 @click.pass_context
-def load(ctx: click.Context, path: str) -> None:
+def load(ctx: click.Context, path: str | None) -> None:
     """Load images from a docker-save or OCI archive."""
-    for name in _call(ctx, "load", path=os.path.abspath(path))["images"]:
+    if path is not None:
+        names = _call(ctx, "load", path=os.path.abspath(path))["images"]
+    elif sys.stdin.isatty():
+        _die("requested load from stdin, but stdin is a terminal: give -i FILE or pipe "
+             "an archive in (chanbox load < image.tar)")
+    else:
+        names = _streamed(ctx, "load", _send_stdin)["images"]
+    for name in names:
         if name.startswith("sha256:"):
             click.echo(f"Loaded image ID: {name}")
         else:
@@ -24,16 +33,59 @@ def load(ctx: click.Context, path: str) -> None:
 
 
 @main.command()
-@click.option("-o", "--output", required=True,
-              help="The archive to write (with --format oci, a directory if it ends in /).")
+@click.option("-o", "--output",
+              help="The archive to write (with --format oci, a directory if it ends in /); "
+                   "without it, stdout.")
 @click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker",
               show_default=True)
 @click.argument("images", nargs=-1, required=True)
 @click.pass_context
-def save(ctx: click.Context, output: str, fmt: str, images: tuple[str, ...]) -> None:
+def save(ctx: click.Context, output: str | None, fmt: str, images: tuple[str, ...]) -> None:
     """Save images to a docker-save or OCI archive."""
-    path = os.path.abspath(output) + ("/" if output.endswith("/") else "")
-    _call(ctx, "save", refs=list(images), path=path, format=fmt)
+    if output is not None:
+        path = os.path.abspath(output) + ("/" if output.endswith("/") else "")
+        _call(ctx, "save", refs=list(images), path=path, format=fmt)
+    elif sys.stdout.isatty():
+        _die("cowardly refusing to write an archive to a terminal: give -o FILE or "
+             "pipe the output (chanbox save IMAGE | gzip > image.tar.gz)")
+    else:
+        _streamed(ctx, "save", _receive_stdout, refs=list(images), format=fmt)
+
+
+def _streamed(ctx: click.Context, verb: str, pump: Any, **args: Any) -> Any:
+    """Call ``verb`` with a byte stream for the archive, which ``pump(our_end)`` feeds
+    or drains meanwhile; the verb's answer."""
+    import chan
+
+    from .client import engine_error
+    from .errors import EngineError
+
+    ours, theirs = chan.stream_pair()
+    rx = _client(ctx).receiver(verb, stream=theirs, **args)
+    try:
+        pump(ours)
+        return rx.recv()
+    except chan.RemoteError as exc:
+        err = engine_error(exc)
+        _die(str(err), err.exit_status)
+    except (chan.ChannelError, EngineError) as exc:
+        _die(f"{verb}: {exc}")
+    finally:
+        rx.close()
+
+
+def _send_stdin(stream: Any) -> None:
+    fd = sys.stdin.fileno()
+    while data := os.read(fd, 1 << 20):
+        stream.write(data)
+    stream.close_write()
+
+
+def _receive_stdout(stream: Any) -> None:
+    out = sys.stdout.buffer
+    while data := stream.read(1 << 20):
+        out.write(data)
+    out.flush()
 
 
 @main.command()

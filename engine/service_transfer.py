@@ -1,8 +1,10 @@
 """Image transfer verbs: ``load``, ``save``, ``pull``, ``push``.
 
-- ``load`` (path) -> ``{"images": [name:tag or image id, ...]}``: a docker-save tarball
-  or an OCI image layout (directory or tar) on the engine's host.
-- ``save`` (refs, path, format ``docker``|``oci``) -> ``{}``.
+- ``load`` (path, or stream) -> ``{"images": [name:tag or image id, ...]}``: a
+  docker-save tarball or an OCI image layout (directory or tar) on the engine's host,
+  or a tarball read from the ByteStream ``stream`` (``chanbox load < x.tar``).
+- ``save`` (refs, path or stream, format ``docker``|``oci``) -> ``{}``: with ``stream``
+  (a ByteStream) the tarball is written there (``chanbox save img | gzip``).
 - ``pull`` (ref, insecure) and ``push`` (ref, insecure) -> a stream of progress messages
   ``{"layer", "status", "current", "total"}``, then ``{"id", "ref"}`` (push adds the
   manifest's ``digest``).
@@ -10,18 +12,52 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
+import chan
+
+from . import fsutil
 from .engine import Engine
-from .errors import InvalidArgument
+from .errors import EngineError, InvalidArgument
 from .service import STREAMED, _Args, verb
+
+_COPY = 1 << 20
+
+
+def _path_or_stream(a: _Args) -> tuple[str | None, Any]:
+    path, stream = a.get("path", str), a.get("stream", chan.ByteStream)
+    if (path is None) == (stream is None):
+        raise InvalidArgument(f"{a.verb}: give either 'path' or 'stream'")
+    return path, stream
 
 
 @verb("load")
 def _v_load(engine: Engine, a: _Args, ret: Any) -> Any:
     from .archive import load
 
-    names = load(engine.images, a.get("path", str, required=True))
+    path, stream = _path_or_stream(a)
+    if stream is None:
+        names = load(engine.images, path)
+    else:
+        # an archive is read at random (manifest.json may come last): spool it first
+        stage = fsutil.staging_dir(engine.root, "load-in")
+        try:
+            spooled = os.path.join(stage, "archive.tar")
+            with open(spooled, "wb") as f:
+                while chunk := stream.read(_COPY):
+                    f.write(chunk)
+            stream.close()
+            if not os.path.getsize(spooled):
+                raise InvalidArgument("load: no archive came (the stream was empty); send "
+                                      "a docker-save or OCI tarball")
+            try:
+                names = load(engine.images, spooled)
+            except EngineError as exc:  # name what the user sent, not our spool file
+                raise type(exc)(str(exc).replace(spooled, "the streamed archive")) from None
+        finally:
+            fsutil.remove_tree(stage)
     for name in names:
         engine._image_event("load", engine.images.get(name).id, "" if name.startswith("sha256:") else name)
     return {"images": names}
@@ -35,7 +71,19 @@ def _v_save(engine: Engine, a: _Args, ret: Any) -> Any:
     fmt = a.get("format", str, "docker")
     if fmt not in ("docker", "oci"):
         raise InvalidArgument(f"save: format must be docker or oci, not {fmt!r}")
-    save(engine.images, names, a.get("path", str, required=True), fmt)
+    path, stream = _path_or_stream(a)
+    if stream is None:
+        save(engine.images, names, path, fmt)
+    else:
+        stage = fsutil.staging_dir(engine.root, "save-out")
+        try:
+            written = os.path.join(stage, "archive.tar")
+            save(engine.images, names, written, fmt)
+            with open(written, "rb") as f:
+                shutil.copyfileobj(f, stream, _COPY)
+            stream.close()
+        finally:
+            fsutil.remove_tree(stage)
     for name in names:
         engine._image_event("save", engine.images.get(name).id, name)
     return {}

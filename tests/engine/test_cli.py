@@ -361,3 +361,30 @@ def test_detach_keys_are_taken_out_of_the_input_and_a_lone_ctrl_p_goes_on() -> N
     assert keys.filter(b"c") == b"\x10c"  # it did not
     assert not keys.detached
     assert keys.filter(b"xy\x10\x11zz") == b"xy" and keys.detached
+
+
+def test_save_to_stdout_and_load_from_stdin(image_root: str) -> None:
+    # docker save IMAGE | gzip > x.tgz; docker load < x.tar
+    import io
+    import tarfile
+
+    assert cli(image_root, "tag", "busybox", "cbx-piped:1").returncode == 0
+    try:
+        p = cli(image_root, "save", "cbx-piped:1")
+        assert p.returncode == 0, p.stderr
+        with tarfile.open(fileobj=io.BytesIO(p.stdout)) as tar:
+            assert "manifest.json" in tar.getnames()
+        assert cli(image_root, "rmi", "cbx-piped:1").returncode == 0
+        loaded = subprocess.run([CHANBOX, "--root", image_root, "load"], input=p.stdout,
+                                capture_output=True, timeout=60)
+        assert (loaded.returncode, out(loaded)) == (0, "Loaded image: cbx-piped:1\n")
+        assert "cbx-piped" in out(cli(image_root, "images"))
+    finally:
+        cli(image_root, "rmi", "cbx-piped:1")
+    empty = subprocess.run([CHANBOX, "--root", image_root, "load"], input=b"",
+                           capture_output=True, timeout=60)
+    assert empty.returncode == 125 and b"the stream was empty" in empty.stderr
+    junk = subprocess.run([CHANBOX, "--root", image_root, "load"], input=b"junk\n" * 200,
+                          capture_output=True, timeout=60)
+    assert junk.returncode == 125 and b"not a valid tar file" in junk.stderr
+    assert b"load-in" not in junk.stderr  # the engine's spool file is not the user's

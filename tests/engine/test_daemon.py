@@ -418,6 +418,19 @@ def test_exec_output_larger_than_the_monitors_buffer_arrives_whole(
         daemon.cli("rm", "-f", cid)
 
 
+def test_save_and_load_stream_through_the_daemon(daemon: DaemonProc) -> None:
+    # the archive crosses the session as a byte stream, not as a path on the daemon's host
+    assert daemon.cli("tag", "busybox", "cbx-dpiped:1").returncode == 0
+    try:
+        saved = daemon.cli("save", "cbx-dpiped:1")
+        assert saved.returncode == 0 and len(saved.stdout) > 1_000_000, saved.stderr
+        assert daemon.cli("rmi", "cbx-dpiped:1").returncode == 0
+        loaded = daemon.cli("load", input=saved.stdout)
+        assert out(loaded) == "Loaded image: cbx-dpiped:1\n", loaded.stderr
+    finally:
+        daemon.cli("rmi", "cbx-dpiped:1")
+
+
 def test_no_daemon_at_the_endpoint_is_a_clear_error(sock_dir: str) -> None:
     with pytest.raises(NotRunning, match="no chanbox daemon answers"):
         connect(f"ipc://{sock_dir}/nobody.sock", timeout=0.5)
