@@ -63,7 +63,10 @@ def _streamed(ctx: click.Context, verb: str, pump: Any, **args: Any) -> Any:
     ours, theirs = chan.stream_pair()
     rx = _client(ctx).receiver(verb, stream=theirs, **args)
     try:
-        pump(ours)
+        try:
+            pump(ours)
+        except chan.ChannelError:
+            pass  # the engine stopped the transfer: its answer says why
         return rx.recv()
     except chan.RemoteError as exc:
         err = engine_error(exc)

@@ -148,7 +148,12 @@ def handle(engine: Engine, req: Any) -> None:
             args = {}
         if not isinstance(args, dict):
             raise InvalidArgument(f"{name}: 'args' must be a map, not {type(args).__name__}")
-        result = VERBS[name](engine, _Args(name, args), ret)
+        try:
+            result = VERBS[name](engine, _Args(name, args), ret)
+        finally:
+            # the ends a request carries (save's and load's streams) are the verb's for
+            # its duration: a client waiting on one must not wait for ever when it fails
+            _close_ends(args)
         if result is not STREAMED:
             ret.send(result)
         ret.close()

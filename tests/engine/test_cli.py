@@ -388,3 +388,7 @@ def test_save_to_stdout_and_load_from_stdin(image_root: str) -> None:
                           capture_output=True, timeout=60)
     assert junk.returncode == 125 and b"not a valid tar file" in junk.stderr
     assert b"load-in" not in junk.stderr  # the engine's spool file is not the user's
+    # a save that fails ends the stream too: no waiting for an archive that never comes
+    missing = subprocess.run([CHANBOX, "--root", image_root, "save", "cbx-nosuch:1"],
+                             capture_output=True, timeout=20)
+    assert missing.returncode == 125 and b"no such image: cbx-nosuch:1" in missing.stderr
