@@ -625,10 +625,11 @@ def _print_log(client: Any, *, timestamps: bool = False, **args: Any) -> bool:
             line = entry["log"].encode("utf-8", "surrogateescape")
             if timestamps:
                 line = entry.get("time", "").encode() + b" " + line
-            if entry.get("stream", "stdout") != stream and run:
+            this = entry.get("stream", "stdout")
+            if this != stream and run:
                 _OUT.write(stream, b"".join(run))
                 run = []
-            stream = entry.get("stream", "stdout")
+            stream = this
             run.append(line)
         if run:
             _OUT.write(stream, b"".join(run))

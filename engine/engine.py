@@ -484,8 +484,10 @@ class Engine:
             return rec
         if c.monitor is None:
             raise NotRunning(f"container {c.short_id} was never started")
-        return {"exit_code": 137, "signal": None, "oom_killed": False,
-                "error": "the container's monitor was killed"}
+        # recorded (and journaled) once, as status() does; until the monitor is gone
+        return self._monitor_died(c) or {
+            "exit_code": 137, "signal": None, "oom_killed": False,
+            "error": "the container's monitor was killed"}
 
     def wait(self, ref: str, condition: str = "not-running", *,
              cancelled: Callable[[], bool] | None = None) -> int:

@@ -178,21 +178,19 @@ def _spawn(proc: _Process, stdin: int, stdout: int, stderr: int, setup: Any,
             os.close(go_w)
         _child(w, go_r, proc, stdin, stdout, stderr, setup, console)
     os.close(w)
-    if go_w < 0:
-        _await_exec(pid, r, proc.argv[0].decode("utf-8", "replace"))
-        return pid
-    os.close(go_r)
-    try:
-        pid_b = b"%d" % pid
-        for procs in proc.cgroup_procs:
-            _write(procs, pid_b, "join cgroup")
-    except rootfs.StepFailed as exc:
-        os.close(go_w)  # the child sees EOF instead of the go-ahead and exits
-        os.close(r)
-        os.waitpid(pid, 0)
-        raise RuntimeFailure(f"{exc.stage}: {os.strerror(exc.errno)}") from None
-    os.write(go_w, b"g")
-    os.close(go_w)
+    if go_w >= 0:  # v2: move the child into its cgroups, then let it exec
+        os.close(go_r)
+        try:
+            pid_b = b"%d" % pid
+            for procs in proc.cgroup_procs:
+                _write(procs, pid_b, "join cgroup")
+        except rootfs.StepFailed as exc:
+            os.close(go_w)  # the child sees EOF instead of the go-ahead and exits
+            os.close(r)
+            os.waitpid(pid, 0)
+            raise RuntimeFailure(f"{exc.stage}: {os.strerror(exc.errno)}") from None
+        os.write(go_w, b"g")
+        os.close(go_w)
     _await_exec(pid, r, proc.argv[0].decode("utf-8", "replace"))
     return pid
 

@@ -15,9 +15,10 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   labels, memory, cpus, pids_limit, network, read_only, privileged, open_stdin, tty,
   auto_remove) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
   ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force)/``pause``/``unpause``
-  (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id, condition) -> ``{"exit_code"}``; ``ls`` (all) -> list;
-  ``get`` (id) -> inspect dict; ``log`` (id, follow, tail, batch) -> stream of
-  ``{"stream", "log", "time"}`` (with ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
+  (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id,
+  condition) -> ``{"exit_code"}``; ``ls`` (all) -> list; ``get`` (id) -> inspect dict;
+  ``log`` (id, follow, tail, batch) -> stream of ``{"stream", "log", "time"}`` (with
+  ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
   (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``
   (for ``exec`` with ``tty`` also ``"resize"``: a Sender of ``{"rows", "cols"}``), then
   ``{"stream", "data"}`` messages, last ``{"exit_code"}``;

@@ -48,7 +48,6 @@ def _v_load(engine: Engine, a: _Args, ret: Any) -> Any:
             with open(spooled, "wb") as f:
                 while chunk := stream.read(_COPY):
                     f.write(chunk)
-            stream.close()
             if not os.path.getsize(spooled):
                 raise InvalidArgument("load: no archive came (the stream was empty); send "
                                       "a docker-save or OCI tarball")
@@ -80,8 +79,7 @@ def _v_save(engine: Engine, a: _Args, ret: Any) -> Any:
             written = os.path.join(stage, "archive.tar")
             save(engine.images, names, written, fmt)
             with open(written, "rb") as f:
-                shutil.copyfileobj(f, stream, _COPY)
-            stream.close()
+                shutil.copyfileobj(f, stream, _COPY)  # (service.handle closes the stream)
         finally:
             fsutil.remove_tree(stage)
     for name in names:

@@ -38,6 +38,22 @@ def ipc_endpoint():
     os.rmdir(directory)
 
 
+@pytest.fixture
+def across(ipc_endpoint):
+    """``across(end)``: ``end`` sent over a real session; what the peer gets."""
+    with chan.listen(ipc_endpoint) as listener, chan.connect(listener.endpoint) as session:
+        carrier = session.open()
+        carrier.send("hello")
+        inbox = listener.accept(timeout=10)
+        assert inbox.recv(timeout=10) == "hello"
+
+        def send(end):
+            carrier.send({"end": end})
+            return inbox.recv(timeout=10)["end"]
+
+        yield send
+
+
 def test_pipe_sender_sees_its_receiver_close():
     tx, rx = chan.pipe()
     assert not tx.peer_gone
@@ -49,47 +65,38 @@ def test_pipe_sender_sees_its_receiver_close():
         tx.send(2)
 
 
-def test_a_closed_or_sent_away_sender_has_no_peer_to_reach(ipc_endpoint):
+def test_a_closed_or_sent_away_sender_has_no_peer_to_reach(across):
     tx, _rx = chan.pipe()
     tx.close()
     assert tx.peer_gone
-    with chan.listen(ipc_endpoint) as listener, chan.connect(listener.endpoint) as s:
-        carrier = s.open()
-        away, _ = chan.pipe()
-        carrier.send({"ret": away})
-        assert away.peer_gone  # only the peer may use it now
-        got = listener.accept(timeout=10).recv(timeout=10)["ret"]
-        assert not got.peer_gone
+    away, _ = chan.pipe()
+    got = across(away)
+    assert away.peer_gone  # only the peer may use it now
+    assert not got.peer_gone
 
 
-def test_a_sender_received_over_a_session_sees_the_remote_receiver_close(ipc_endpoint):
-    with chan.listen(ipc_endpoint) as listener, chan.connect(listener.endpoint) as session:
-        req = session.open()
-        ret_tx, ret_rx = chan.pipe()
-        req.send({"ret": ret_tx})
-        ret = listener.accept(timeout=10).recv(timeout=10)["ret"]
-        assert not ret.peer_gone
-        ret.send("first", timeout=10)
-        assert ret_rx.recv(timeout=10) == "first"
-        assert not ret.peer_gone
-        ret_rx.close()
-        becomes_gone(ret, within=5)
-        with pytest.raises(chan.RemoteError):
-            ret.send("second", timeout=10)
+def test_a_sender_received_over_a_session_sees_the_remote_receiver_close(across):
+    ret_tx, ret_rx = chan.pipe()
+    ret = across(ret_tx)
+    assert not ret.peer_gone
+    ret.send("first", timeout=10)
+    assert ret_rx.recv(timeout=10) == "first"
+    assert not ret.peer_gone
+    ret_rx.close()
+    becomes_gone(ret, within=5)
+    with pytest.raises(chan.RemoteError):
+        ret.send("second", timeout=10)
 
 
-def test_a_relayed_sender_sees_the_far_receiver_close(ipc_endpoint):
+def test_a_relayed_sender_sees_the_far_receiver_close(across):
     # Our Receiver went into a session; our pipe Sender writes into a relay queue.
-    with chan.listen(ipc_endpoint) as listener, chan.connect(listener.endpoint) as session:
-        carrier = session.open()
-        tx, rx = chan.pipe()
-        carrier.send({"feed": rx})
-        far = listener.accept(timeout=10).recv(timeout=10)["feed"]
-        tx.send("x")
-        assert far.recv(timeout=10) == "x"
-        assert not tx.peer_gone
-        far.close()
-        becomes_gone(tx, within=5)
+    tx, rx = chan.pipe()
+    far = across(rx)
+    tx.send("x")
+    assert far.recv(timeout=10) == "x"
+    assert not tx.peer_gone
+    far.close()
+    becomes_gone(tx, within=5)
 
 
 def test_an_idle_sender_learns_that_the_killed_client_is_gone(children, ipc_endpoint):

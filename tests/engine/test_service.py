@@ -56,6 +56,16 @@ def test_ill_typed_arguments(raw: chan.Sender) -> None:
     assert "'args' must be a map" in err.message
 
 
+def test_an_archive_comes_by_path_or_by_stream_not_both(raw: chan.Sender) -> None:
+    err = ask(raw, {"verb": "load", "args": {}})
+    assert err.code == "invalid_argument" and "either 'path' or 'stream'" in err.message
+    mine, theirs = chan.stream_pair()
+    err = ask(raw, {"verb": "save", "args": {"refs": ["busybox"], "path": "/x.tar",
+                                             "stream": theirs}})
+    assert err.code == "invalid_argument" and "either 'path' or 'stream'" in err.message
+    assert mine.read(10, timeout=10) == b""  # the refused request's stream was closed
+
+
 def test_no_ret_or_a_ret_that_is_not_a_sender_is_dropped(engine: Engine) -> None:
     # nothing to answer on: the request is logged and dropped, channel ends inside closed
     inner_tx, inner_rx = chan.pipe()
