@@ -101,22 +101,57 @@ class _HashingReader(io.RawIOBase):
 
 
 class _ForwardReader:
-    """A big-buffered reader that looks seekable to :class:`tarfile.TarFile`.
+    """A forward-only reader over one big buffer that looks seekable to :mod:`tarfile`.
 
-    tarfile's own stream mode re-slices its buffer on every 512-byte header read; a
-    plain ``TarFile`` over this reader parses headers straight out of one large
-    :class:`io.BufferedReader`.  Only forward seeks happen (tarfile skips the padding
-    after a member's data with ``seek(offset - 1); read(1)``), done by reading.
+    Headers are sliced straight out of a 1 MiB chunk of the stream (a Python-level
+    slice costs less than a call into :class:`io.BufferedReader` and back), and member
+    data can be taken as views of that chunk without copying (:meth:`view`).  Only
+    forward seeks happen (tarfile skips the padding after a member's data with
+    ``seek(offset - 1); read(1)``), done by skipping.
     """
 
-    def __init__(self, raw: io.RawIOBase) -> None:
-        self._buf = io.BufferedReader(raw, _BUFSIZE)
-        self.pos = 0
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._data = b""
+        self._off = 0  # where in _data the stream is
+        self._base = 0  # the stream offset of _data[0]
+
+    @property
+    def pos(self) -> int:
+        """The stream offset of the next byte read."""
+        return self._base + self._off
+
+    def _refill(self) -> bool:
+        self._base += len(self._data)
+        self._data = self._raw.read(_BUFSIZE)
+        self._off = 0
+        return bool(self._data)
 
     def read(self, size: int = -1) -> bytes:
-        data = self._buf.read(size)
-        self.pos += len(data)
-        return data
+        off = self._off
+        end = off + size
+        if 0 <= size and end <= len(self._data):
+            self._off = end
+            return self._data[off:end]
+        parts = [self._data[off:]]
+        have = len(parts[0])
+        while (size < 0 or have < size) and self._refill():
+            take = len(self._data) if size < 0 else min(size - have, len(self._data))
+            parts.append(self._data[:take])
+            self._off = take
+            have += take
+        return b"".join(parts)
+
+    def view(self, size: int) -> memoryview:
+        """Up to ``size`` of the next bytes (empty only at the end), as a view of the buffer."""
+        off = self._off
+        if off == len(self._data):
+            if not self._refill():
+                return memoryview(b"")
+            off = 0
+        end = min(off + size, len(self._data))
+        self._off = end
+        return memoryview(self._data)[off:end]
 
     def tell(self) -> int:
         return self.pos
@@ -124,9 +159,10 @@ class _ForwardReader:
     def seek(self, pos: int, whence: int = 0) -> int:
         if whence != 0 or pos < self.pos:
             raise io.UnsupportedOperation("a layer tar is read forward only")
-        while self.pos < pos:
-            if not self.read(min(pos - self.pos, _BUFSIZE)):
+        while pos - self._base > len(self._data):
+            if not self._refill():
                 break
+        self._off = min(pos - self._base, len(self._data))
         return self.pos
 
 
@@ -191,7 +227,9 @@ def _open_uncompressed(fileobj: IO[bytes]) -> IO[bytes]:
 
 def _clean_name(name: str, what: str) -> list[str]:
     """The path components of a tar name, made relative; ``..`` is refused."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = name.split("/")
+    if "" in parts or "." in parts:
+        parts = [p for p in parts if p not in ("", ".")]
     if ".." in parts:
         raise InvalidArgument(
             f"unsafe layer tar: {what} {name!r} contains '..'; the archive tries to write "
@@ -204,6 +242,17 @@ _BLOCK = 512
 _REG_TYPES = frozenset(b"07\0")
 _HEADER_ONLY = frozenset(b"123456")
 _POSIX_MAGIC = b"ustar\x0000"
+_ZERO_BLOCK = bytes(_BLOCK)
+_SPARSE = ord("S")
+# the pax keys that mark a GNU sparse member (formats 0.0, 0.1 and 1.0), as tarfile reads them
+_SPARSE_KEYS = frozenset(("GNU.sparse.size", "GNU.sparse.offset", "GNU.sparse.map", "GNU.sparse.major"))
+
+
+def _header_sum(buf: bytes) -> int:
+    """A header block's unsigned checksum: its byte sum with the checksum field as spaces."""
+    # adler32's low half is 1 + the byte sum mod 65521, exact for runs of up to 256 bytes
+    a = zlib.adler32
+    return (a(buf[:148]) & 0xFFFF) + (a(buf[156:412]) & 0xFFFF) + (a(buf[412:]) & 0xFFFF) + 253
 
 
 def _nts(b: bytes) -> str:
@@ -212,12 +261,24 @@ def _nts(b: bytes) -> str:
 
 
 def _nti(b: bytes) -> int:
+    try:  # the usual field: octal digits ended by NUL or space
+        return int(b.rstrip(b"\0 "), 8)
+    except ValueError:
+        return _nti_other(b)
+
+
+def _nti_other(b: bytes) -> int:
     if b[0] in (0o200, 0o377):  # base-256 (GNU, for numbers octal cannot hold)
         n = int.from_bytes(b[1:], "big")
         return n - (256 ** (len(b) - 1)) if b[0] == 0o377 else n
     i = b.find(b"\0")
     s = (b if i < 0 else b[:i]).strip()
-    return int(s, 8) if s else 0
+    try:
+        return int(s, 8) if s else 0
+    except ValueError:
+        raise InvalidArgument(
+            f"layer tar has a header field that is not a number ({bytes(b)!r}); the archive is corrupt"
+        ) from None
 
 
 def _parse_pax(data: bytes, into: dict[str, str]) -> None:
@@ -260,14 +321,15 @@ class _TarStream:
         return self
 
     def __next__(self) -> tarfile.TarInfo:
-        self.reader.seek(self._next)
+        reader = self.reader
+        reader.seek(self._next)
         self.sparse_tar = None
         pax: dict[str, str] = {}
         longname = longlink = None
         raw: list[bytes] = []
         while True:
-            buf = self.reader.read(_BLOCK)
-            if not buf or (not raw and buf.count(0) == _BLOCK):
+            buf = reader.read(_BLOCK)
+            if not buf or (not raw and buf == _ZERO_BLOCK):
                 if raw:
                     raise InvalidArgument("layer tar ends inside a member's headers; the archive is incomplete")
                 raise StopIteration
@@ -275,12 +337,12 @@ class _TarStream:
                 raise InvalidArgument("layer tar is truncated inside a header; the archive is incomplete")
             try:
                 chksum = _nti(buf[148:156])
-            except ValueError:
-                chksum = -1
+            except InvalidArgument:
+                chksum = -1  # reported as a bad checksum below
             # the unsigned sum (what every writer uses) first; the signed one is rare
-            if chksum != sum(buf) - sum(buf[148:156]) + 256 and chksum not in tarfile.calc_chksums(buf):
+            if chksum != _header_sum(buf) and chksum not in tarfile.calc_chksums(buf):
                 raise InvalidArgument(
-                    f"layer tar has a header with a bad checksum at byte {self.reader.pos - _BLOCK}; "
+                    f"layer tar has a header with a bad checksum at byte {reader.pos - _BLOCK}; "
                     "the archive is corrupt (fetch or build it again)"
                 )
             raw.append(buf)
@@ -301,7 +363,7 @@ class _TarStream:
                     longlink = _nts(data)
                 continue
             break
-        if typ == ord("S") or any(k.startswith("GNU.sparse.") for k in pax):
+        if typ == _SPARSE or (pax and not _SPARSE_KEYS.isdisjoint(pax.keys())):
             return self._sparse(b"".join(raw))
         name = longname if longname is not None else _nts(buf[0:100])
         if longname is None and buf[257:265] == _POSIX_MAGIC and buf[345] != 0:
@@ -339,11 +401,13 @@ class _TarStream:
                 raise InvalidArgument(f"layer tar has a bad pax header for {m.name!r}: {exc}") from exc
         if m.type == tarfile.DIRTYPE:
             m.name = m.name.rstrip("/")
+        if size < 0:
+            raise InvalidArgument(f"layer tar gives {m.name!r} a negative size; the archive is corrupt")
         m.size = size
-        m.offset_data = self.reader.pos
+        m.offset_data = pos = reader.pos
         # as tarfile: no data follows a link, device, directory or FIFO header, whatever
         # its size field says
-        self._next = self.reader.pos + (0 if typ in _HEADER_ONLY else size + (-size % _BLOCK))
+        self._next = pos + (0 if typ in _HEADER_ONLY else size + (-size % _BLOCK))
         return m
 
     def _sparse(self, headers: bytes) -> tarfile.TarInfo:
@@ -373,11 +437,10 @@ class _TarStream:
         reader = self.reader
         left = m.size
         while left:
-            chunk = reader.read(min(left, _BUFSIZE))
-            if not chunk:
+            view = reader.view(left)
+            if not view:
                 raise InvalidArgument(f"layer tar is truncated inside {m.name!r}; the file is incomplete")
-            left -= len(chunk)
-            view = memoryview(chunk)
+            left -= len(view)
             while view:
                 view = view[os.write(fd, view):]
 
@@ -406,7 +469,16 @@ class _Extractor:
         self.umask = _umask()
 
     def _ensure_parent(self, parts: list[str], name: str) -> str:
-        """Make the entry's parent directories; refuse a parent that is not a real dir."""
+        """Make the entry's parent directories; refuse a parent that is not a real dir.
+
+        Returns the entry's path.
+        """
+        parent = "/".join(parts[:-1])
+        if parent not in self.safe_dirs:
+            self._make_parents(parts, name)
+        return f"{self.dest}/{parent}/{parts[-1]}" if parent else f"{self.dest}/{parts[-1]}"
+
+    def _make_parents(self, parts: list[str], name: str) -> None:
         rel = ""
         for comp in parts[:-1]:
             rel = f"{rel}/{comp}" if rel else comp
@@ -430,7 +502,6 @@ class _Extractor:
                         "the archive made it a file; fix the archive"
                     )
             self.safe_dirs.add(rel)
-        return os.path.join(self.dest, *parts)
 
     def _clear(self, path: str, rel: str, keep_dir: bool) -> None:
         """Remove what an earlier entry put at ``path`` (a later entry wins)."""

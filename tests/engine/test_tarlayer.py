@@ -316,3 +316,79 @@ def test_corrupt_gzip_data_is_refused_with_a_clear_error(tmp_path) -> None:
     dest.mkdir()
     with pytest.raises(InvalidArgument, match="not a valid layer"):
         apply_tar(io.BytesIO(bytes(blob)), str(dest))
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that hands out at most a few kB per read (as a pipe or a socket does)."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        import random
+
+        self._data = memoryview(data)
+        self._pos = 0
+        self._rnd = random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        n = self._rnd.randint(1, 9000)
+        if size >= 0:
+            n = min(n, size)
+        out = bytes(self._data[self._pos:self._pos + n])
+        self._pos += len(out)
+        return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_short_reads_and_members_across_buffer_ends_extract_exactly(tmp, seed):
+    """Headers and data that straddle the reader's 1 MiB chunks and short reads."""
+    import random
+
+    rnd = random.Random(seed)
+    src = f"{tmp}/src"
+    os.makedirs(f"{src}/d")
+    for i in range(60):
+        size = rnd.choice([0, 1, 511, 512, 513, rnd.randint(1, 200_000), (1 << 20) + rnd.randint(-600, 600)])
+        with open(f"{src}/d/f{i}", "wb") as f:
+            f.write(rnd.randbytes(size))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        t.add(src, "")
+    dest = f"{tmp}/dest"
+    os.mkdir(dest)
+    diff_id, size = apply_tar(_Trickle(buf.getvalue(), seed), dest)
+    import hashlib
+
+    assert diff_id == "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest()
+    assert size == sum(os.path.getsize(f"{src}/d/{n}") for n in os.listdir(f"{src}/d"))
+    for name in os.listdir(f"{src}/d"):
+        with open(f"{src}/d/{name}", "rb") as a, open(f"{dest}/d/{name}", "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def test_the_fast_header_checksum_agrees_with_tarfile():
+    import random
+
+    from engine.tarlayer import _header_sum
+
+    rnd = random.Random(7)
+    blocks = [bytes([255]) * 512, bytes(512)] + [rnd.randbytes(512) for _ in range(2000)]
+    for block in blocks:
+        assert _header_sum(block) == tarfile.calc_chksums(block)[0]
+
+
+def _header(name: str, size_field: bytes) -> bytes:
+    ti = tarfile.TarInfo(name)
+    block = bytearray(ti.tobuf(format=tarfile.USTAR_FORMAT))
+    block[124:136] = size_field
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block) + bytes(1024)
+
+
+@pytest.mark.parametrize("size_field", [b"-0000000001\0", b"00000000zz\0\0"])
+def test_a_negative_or_garbled_size_is_refused(tmp, size_field):
+    with pytest.raises(InvalidArgument, match="negative size|not a number"):
+        apply_tar(io.BytesIO(_header("f", size_field)), tmp)
+    assert not os.path.exists(f"{tmp}/f")
