@@ -9,11 +9,20 @@
 Ratios are baseline time / chanbox time (1.0 = as fast, higher = faster).  Run as root:
 ``.venv/bin/python bench/image_bench.py [--runs N]``.  Everything it makes lives in one
 ``cbx-bench-*`` directory, removed at the end; the registry it starts is stopped.
+
+Every timed run writes into a filesystem of its own, made for it: an ext4 (mkfs
+defaults, journal on) on a loop device whose backing file sits in a tmpfs.  On a
+long-lived disk filesystem, file creation slows down for a while after many files
+were deleted (ext4 without a journal scans recently deleted inodes), which made the
+same tool's time swing 10x between runs; a fresh filesystem per run measures each
+tool's own work, with the kernel's ext4 costs but not the disk's latency.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import statistics
 import subprocess
@@ -50,27 +59,50 @@ def make_layer(path: str, base: str) -> int:
     return os.path.getsize(path)
 
 
-def best(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
+_fs_count = itertools.count()
+
+
+@contextlib.contextmanager
+def fresh_fs(base: str):  # type: ignore[no-untyped-def]
+    """A new, empty ext4 (on a loop device backed by a tmpfs file) mounted under ``base``."""
+    n = next(_fs_count)
+    mem, mnt = os.path.join(base, f"mem-{n}"), os.path.join(base, f"fs-{n}")
+    os.mkdir(mem)
+    os.mkdir(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", f"cbx-bench-{n}", mem], check=True)
+    try:
+        img = os.path.join(mem, "ext4.img")
+        with open(img, "wb") as f:
+            f.truncate(900 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
+        subprocess.run(["mount", "-o", "loop", img, mnt], check=True)  # the loop device goes with it
+        try:
+            subprocess.run(["sync"], check=True)
+            yield mnt
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    finally:
+        subprocess.run(["umount", mem], check=True)
+        os.rmdir(mnt)
+        os.rmdir(mem)
+
+
+def interleaved(base: str, sides: dict, runs: int) -> dict[str, float]:  # type: ignore[type-arg]
+    """Median time of each side, run by run in turn, each run in a fresh filesystem."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in sides.items():
+            with fresh_fs(base) as dest:
+                t = time.perf_counter()
+                fn(dest)
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_import(base: str, tar_path: str, runs: int) -> tuple[float, float]:
-    """Median times of ``tar -x`` and of a layer import, interleaved run by run.
-
-    ``sync`` before each timed run so that neither side pays for the other's
-    writeback.  Trees are removed only at the end: on this machine's ext4 (no journal)
-    creating a file scans past every inode deleted in the last minute
-    (``recently_deleted``), so a removal between runs would tax the next run's open()
-    calls and swamp the user-space cost this benchmark is about.
-    """
+    """Median times of ``tar -x`` and of a layer import."""
 
     def tar_x(dest: str) -> None:
-        os.makedirs(dest)
         subprocess.run(["tar", "-xf", tar_path, "-C", dest], check=True)
 
     def ours(dest: str) -> None:
@@ -78,15 +110,8 @@ def bench_import(base: str, tar_path: str, runs: int) -> tuple[float, float]:
         with open(tar_path, "rb") as f:
             store.layers.add_from_tar(f)
 
-    times: dict[str, list[float]] = {"tar": [], "ours": []}
-    for i in range(runs):
-        for name, fn in (("tar", tar_x), ("ours", ours)):
-            dest = os.path.join(base, f"{name}-{i}")
-            subprocess.run(["sync"], check=True)
-            t = time.perf_counter()
-            fn(dest)
-            times[name].append(time.perf_counter() - t)
-    return statistics.median(times["tar"]), statistics.median(times["ours"])
+    t = interleaved(base, {"tar": tar_x, "ours": ours}, runs)
+    return t["tar"], t["ours"]
 
 
 def bench_pull(base: str, tar_path: str, runs: int) -> tuple[float, float]:
@@ -101,18 +126,16 @@ def bench_pull(base: str, tar_path: str, runs: int) -> tuple[float, float]:
             img = src.import_stream(f, f"{reg.host}/bench/big:v1")
         ref = img.tags[0]
         push(src, ref, insecure=True)
-        n = [0]
 
-        def skopeo() -> None:
-            n[0] += 1
+        def skopeo(dest: str) -> None:
             subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}",
-                            f"oci:{base}/oci-{n[0]}:v1"], check=True)
+                            f"oci:{dest}/oci:v1"], check=True)
 
-        def ours() -> None:
-            n[0] += 1
-            pull(ImageStore(os.path.join(base, f"pull-{n[0]}")), ref, insecure=True)
+        def ours(dest: str) -> None:
+            pull(ImageStore(dest), ref, insecure=True)
 
-        return best(skopeo, runs), best(ours, runs)
+        t = interleaved(base, {"skopeo": skopeo, "ours": ours}, runs)
+        return t["skopeo"], t["ours"]
     finally:
         reg.close()
 

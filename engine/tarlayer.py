@@ -22,7 +22,6 @@ layers in a staging directory for that reason).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import os
@@ -55,49 +54,100 @@ def _keep_xattr(name: str) -> bool:
     return name.startswith(_XATTR_PREFIXES) and not name.startswith("trusted.overlay.")
 
 
-class _HashingReader(io.RawIOBase):
-    """Reads from ``raw`` and hashes every byte handed out, in a helper thread.
+class _Source:
+    """The uncompressed tar stream, read, gunzipped and hashed by a helper thread.
 
-    sha256 costs about as much as writing the files (0.6 ms per MB): hashing beside the
-    extraction instead of in line keeps a big layer's import near ``tar -x`` speed
-    (hashlib drops the GIL for large updates).  The thread ends in :meth:`hexdigest`.
+    The reading (a file, a pipe or a registry's HTTP response), zlib's inflate and
+    sha256 all drop the GIL, so on a second core they keep pace with the extraction,
+    which is the kernel's file creation plus the parser's Python.  Chunks of up to
+    1 MiB pass through a short queue: memory stays bounded and a slow extraction
+    slows the reading.  :meth:`read` hands out the chunks (or raises what the thread
+    met); :meth:`hexdigest` is the sha256 of everything handed out.
     """
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
+    def __init__(self, fileobj: IO[bytes]) -> None:
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._thread = threading.Thread(target=self._hash, name="cbx-layer-hash", daemon=True)
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+        self._stopping = False
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, args=(fileobj,), name="cbx-layer-read", daemon=True)
         self._thread.start()
 
-    def _hash(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._digest.update(chunk)
-
-    def readable(self) -> bool:
-        return True
+    def _run(self, fileobj: IO[bytes]) -> None:
+        try:
+            for chunk in _uncompressed_chunks(fileobj):
+                if self._stopping:
+                    return
+                self._digest.update(chunk)
+                self._queue.put(chunk)
+        except Exception as exc:  # handed to the extracting thread, which raises it
+            self._queue.put(exc)
+        else:
+            self._queue.put(None)
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if data:
-            self._queue.put(data)
-        return data
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+        """The next chunk (of any length up to 1 MiB); b"" at the end."""
+        if self._ended:
+            return b""
+        item = self._queue.get()
+        if item is None:
+            self._ended = True
+            return b""
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
 
     def hexdigest(self) -> str:
-        """Wait for the hashing thread; the hex sha256 of everything read."""
+        """The hex sha256 of everything read (call once :meth:`read` gave b"")."""
         self.stop()
         return self._digest.hexdigest()
 
     def stop(self) -> None:
-        """End the hashing thread (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        """End the thread, whether or not the stream was read to its end (idempotent)."""
+        self._stopping = True
+        while self._thread.is_alive():
+            try:  # make room for a put the thread may be blocked in
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+def _uncompressed_chunks(fileobj: IO[bytes]) -> Iterator[bytes]:
+    """The stream's bytes in chunks of up to 1 MiB, gunzipped when it starts with gzip's magic.
+
+    zlib checks each gzip member's CRC and length itself; members may follow one
+    another (and zero padding may follow the last), as with ``gzip -c a b``.
+    """
+    data = fileobj.read(_BUFSIZE)
+    while len(data) < 2:
+        more = fileobj.read(_BUFSIZE)
+        if not more:
+            break
+        data += more
+    if data[:2] != b"\x1f\x8b":
+        while data:
+            yield data
+            data = fileobj.read(_BUFSIZE)
+        return
+    d = zlib.decompressobj(wbits=31)
+    while True:
+        if not data:
+            data = fileobj.read(_BUFSIZE)
+            if not data:
+                if not d.eof:
+                    raise EOFError("the gzip stream ends before its end marker (a truncated file)")
+                return
+        if d.eof:  # a member ended: padding, or the next member
+            data = data.lstrip(b"\0")
+            if data:
+                d = zlib.decompressobj(wbits=31)
+            continue
+        out = d.decompress(data, _BUFSIZE)
+        if out:
+            yield out
+        data = d.unused_data if d.eof else d.unconsumed_tail
 
 
 class _ForwardReader:
@@ -210,19 +260,6 @@ class HashingWriter:
 
     def flush(self) -> None:
         self._out.flush()
-
-
-def _open_uncompressed(fileobj: IO[bytes]) -> IO[bytes]:
-    magic = b""
-    while len(magic) < 2:
-        chunk = fileobj.read(2 - len(magic))
-        if not chunk:
-            break
-        magic += chunk
-    stream: IO[bytes] = _PrefixedReader(magic, fileobj)  # type: ignore[assignment]
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
-    return stream
 
 
 def _clean_name(name: str, what: str) -> list[str]:
@@ -658,8 +695,8 @@ def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False) -> t
     ``..`` components, absolute or dangling hard links, an entry whose parent is a
     symlink, a device node without ``allow_devices``, or a corrupt archive.
     """
-    hashing = _HashingReader(_open_uncompressed(fileobj))
-    reader = _ForwardReader(hashing)
+    source = _Source(fileobj)
+    reader = _ForwardReader(source)  # type: ignore[arg-type]
     ex = _Extractor(dest, allow_devices)
     try:
         tar = _TarStream(reader)
@@ -668,13 +705,13 @@ def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False) -> t
         # the digest covers the whole stream, end-of-archive padding included
         while tar.reader.read(_BUFSIZE):
             pass
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, UnicodeError) as exc:
-        # zlib.error: corrupt deflate data inside a well-formed gzip header
+    except (tarfile.TarError, EOFError, zlib.error, UnicodeError) as exc:
+        # zlib.error: a bad gzip header, corrupt deflate data, or a CRC that does not match
         raise InvalidArgument(f"not a valid layer tar: {exc}; check the file is a tar or tar.gz") from exc
     finally:
-        hashing.stop()
+        source.stop()
     ex.finish()
-    return f"sha256:{hashing.hexdigest()}", ex.size
+    return f"sha256:{source.hexdigest()}", ex.size
 
 
 def _tarinfo(name: str, st: os.stat_result) -> tarfile.TarInfo:

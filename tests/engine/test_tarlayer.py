@@ -392,3 +392,54 @@ def test_a_negative_or_garbled_size_is_refused(tmp, size_field):
     with pytest.raises(InvalidArgument, match="negative size|not a number"):
         apply_tar(io.BytesIO(_header("f", size_field)), tmp)
     assert not os.path.exists(f"{tmp}/f")
+
+
+def _one_file_tar(name: str, content: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        ti = tarfile.TarInfo(name)
+        ti.size = len(content)
+        t.addfile(ti, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def test_concatenated_gzip_members_and_zero_padding_are_one_stream(tmp):
+    """``gzip -c a b`` and padded files: what GNU tar and Python's gzip accept."""
+    import hashlib
+
+    raw = _one_file_tar("f", b"y" * 300_000)
+    cut = 700
+    data = gzip.compress(raw[:cut]) + gzip.compress(raw[cut:]) + bytes(100)
+    diff_id, _ = apply_tar(io.BytesIO(data), tmp)
+    assert diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    with open(f"{tmp}/f", "rb") as f:
+        assert f.read() == b"y" * 300_000
+
+
+@pytest.mark.parametrize("damage", ["crc", "truncated"])
+def test_a_gzip_with_a_wrong_crc_or_cut_short_is_refused(tmp, damage):
+    data = bytearray(gzip.compress(_one_file_tar("f", os.urandom(50_000))))
+    if damage == "crc":
+        data[-8] ^= 0xFF  # the trailer's CRC32 of the uncompressed data
+    else:
+        del data[-30:]
+    with pytest.raises(InvalidArgument, match="not a valid layer tar"):
+        apply_tar(io.BytesIO(bytes(data)), tmp)
+
+
+def test_a_refused_entry_early_in_a_big_stream_stops_the_reader_thread(tmp):
+    """The extraction fails at the first entry while the reading thread is far from done."""
+    import threading
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        t.addfile(tarfile.TarInfo("../escape"))
+        for i in range(40):
+            ti = tarfile.TarInfo(f"big{i}")
+            ti.size = 1 << 20
+            t.addfile(ti, io.BytesIO(bytes(1 << 20)))
+    before = {th.ident for th in threading.enumerate()}
+    with pytest.raises(InvalidArgument, match=r"contains '\.\.'"):
+        apply_tar(io.BytesIO(buf.getvalue()), tmp)
+    assert {th.ident for th in threading.enumerate()} <= before
+    assert os.listdir(tmp) == []
