@@ -443,3 +443,29 @@ def test_a_refused_entry_early_in_a_big_stream_stops_the_reader_thread(tmp):
         apply_tar(io.BytesIO(buf.getvalue()), tmp)
     assert {th.ident for th in threading.enumerate()} <= before
     assert os.listdir(tmp) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+@pytest.mark.parametrize("setgid_dir", ["in the archive", "the destination"])
+def test_files_under_a_set_group_id_directory_get_the_group_the_tar_says(tmp, setgid_dir):
+    """A new file takes a setgid directory's group; the tar's group must still win."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        if setgid_dir == "in the archive":
+            d = tarfile.TarInfo("shared")
+            d.type, d.mode, d.gid = tarfile.DIRTYPE, 0o2775, 4321
+            t.addfile(d)
+        for name, gid in (("shared/root-file", 0), ("shared/sub/deeper", 0), ("shared/group-file", 4321)):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.gid = 2, gid
+            t.addfile(ti, io.BytesIO(b"ok"))
+    dest = f"{tmp}/dest"
+    os.mkdir(dest)
+    if setgid_dir == "the destination":
+        os.chown(dest, 0, 4321)
+        os.chmod(dest, 0o2775)
+    apply_tar(io.BytesIO(buf.getvalue()), dest)
+    assert os.stat(f"{dest}/shared/root-file").st_gid == 0
+    assert os.stat(f"{dest}/shared/sub/deeper").st_gid == 0
+    assert os.stat(f"{dest}/shared/group-file").st_gid == 4321
+    assert os.stat(f"{dest}/shared/root-file").st_uid == 0
