@@ -56,27 +56,35 @@ def _keep_xattr(name: str) -> bool:
 
 
 class _Source:
-    """The uncompressed tar stream, read, gunzipped and hashed by a helper thread.
+    """The uncompressed tar stream, hashed; a gzipped one is gunzipped by a helper thread.
 
-    The reading (a file, a pipe or a registry's HTTP response), zlib's inflate and
-    sha256 all drop the GIL, so on a second core they keep pace with the extraction,
-    which is the kernel's file creation plus the parser's Python.  Chunks of up to
-    1 MiB pass through a short queue: memory stays bounded and a slow extraction
-    slows the reading.  :meth:`read` hands out the chunks (or raises what the thread
-    met); :meth:`hexdigest` is the sha256 of everything handed out.
+    zlib's inflate costs about as much as the extraction's own Python, and it drops
+    the GIL, as do the reads and sha256: in a thread of their own they run on a
+    second core beside the parser.  Chunks of up to 1 MiB pass through a short queue,
+    so memory stays bounded and a slow extraction slows the reading.  A plain tar
+    is read and hashed in line: handing its chunks over cost more than it saved.
+    :meth:`read` hands out the chunks (or raises what the thread met);
+    :meth:`hexdigest` is the sha256 of everything handed out.
     """
 
     def __init__(self, fileobj: IO[bytes]) -> None:
         self._digest = hashlib.sha256()
+        self._ended = False
+        magic = _read_upto(fileobj, 2)
+        if magic != b"\x1f\x8b":
+            self._plain: Iterator[bytes] | None = _plain_chunks(fileobj, magic)
+            self._thread = None
+            return
+        self._plain = None
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
         self._stopping = False
-        self._ended = False
-        self._thread = threading.Thread(target=self._run, args=(fileobj,), name="cbx-layer-read", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(_gunzip_chunks(fileobj, magic),),
+                                        name="cbx-layer-gunzip", daemon=True)
         self._thread.start()
 
-    def _run(self, fileobj: IO[bytes]) -> None:
+    def _run(self, chunks: Iterator[bytes]) -> None:
         try:
-            for chunk in _uncompressed_chunks(fileobj):
+            for chunk in chunks:
                 if self._stopping:
                     return
                 self._digest.update(chunk)
@@ -90,7 +98,12 @@ class _Source:
         """The next chunk (of any length up to 1 MiB); b"" at the end."""
         if self._ended:
             return b""
-        item = self._queue.get()
+        if self._plain is not None:
+            item: bytes | BaseException | None = next(self._plain, None)
+            if item is not None:
+                self._digest.update(item)
+        else:
+            item = self._queue.get()
         if item is None:
             self._ended = True
             return b""
@@ -106,6 +119,8 @@ class _Source:
 
     def stop(self) -> None:
         """End the thread, whether or not the stream was read to its end (idempotent)."""
+        if self._thread is None:
+            return
         self._stopping = True
         while self._thread.is_alive():
             try:  # make room for a put the thread may be blocked in
@@ -115,24 +130,32 @@ class _Source:
         self._thread.join()
 
 
-def _uncompressed_chunks(fileobj: IO[bytes]) -> Iterator[bytes]:
-    """The stream's bytes in chunks of up to 1 MiB, gunzipped when it starts with gzip's magic.
+def _read_upto(fileobj: IO[bytes], n: int) -> bytes:
+    """``n`` bytes, fewer only at the end of the stream (a pipe may give fewer per read)."""
+    data = b""
+    while len(data) < n:
+        more = fileobj.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _plain_chunks(fileobj: IO[bytes], head: bytes) -> Iterator[bytes]:
+    if head:
+        yield head
+    while data := fileobj.read(_BUFSIZE):
+        yield data
+
+
+def _gunzip_chunks(fileobj: IO[bytes], head: bytes) -> Iterator[bytes]:
+    """The gunzipped stream in chunks of up to 1 MiB.
 
     zlib checks each gzip member's CRC and length itself; members may follow one
     another (and zero padding may follow the last), as with ``gzip -c a b``.
     """
-    data = fileobj.read(_BUFSIZE)
-    while len(data) < 2:
-        more = fileobj.read(_BUFSIZE)
-        if not more:
-            break
-        data += more
-    if data[:2] != b"\x1f\x8b":
-        while data:
-            yield data
-            data = fileobj.read(_BUFSIZE)
-        return
     d = zlib.decompressobj(wbits=31)
+    data = head
     while True:
         if not data:
             data = fileobj.read(_BUFSIZE)
