@@ -442,14 +442,10 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
 async def resize(request: web.Request) -> web.StreamResponse:
     """``POST /containers/ID/resize?h=&w=``: the size of a ``-t`` container's terminal."""
     c = await _get(request)
-    try:
-        rows, cols = int(request.query.get("h") or 0), int(request.query.get("w") or 0)
-    except ValueError:
-        raise errors.InvalidArgument("h and w must be whole numbers of rows and columns") \
-            from None
-    if rows and cols and c["Config"].get("Tty"):
+    size = shapes.terminal_size(request.query)
+    if size is not None and c["Config"].get("Tty"):
         try:
-            await bridge_of(request).client.call("resize", id=c["Id"], rows=rows, cols=cols)
+            await bridge_of(request).client.call("resize", id=c["Id"], rows=size[0], cols=size[1])
         except errors.Conflict:
             pass  # not running yet: the CLI sends the size again once it is
     return web.Response(status=200)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from engine import errors
 
-from . import mux
+from . import mux, shapes
 from .server import bridge_of, body_json, docker_message, json_ok
 
 _KEEP = 1000  # finished exec instances kept for inspection
@@ -150,19 +150,15 @@ async def inspect(request: web.Request) -> web.StreamResponse:
 async def resize(request: web.Request) -> web.StreamResponse:
     """``POST /exec/EID/resize?h=&w=``: the size of a ``-t`` exec's terminal."""
     item = bridge_of(request).execs.get(request.match_info["id"])
-    try:
-        rows, cols = int(request.query.get("h") or 0), int(request.query.get("w") or 0)
-    except ValueError:
-        raise errors.InvalidArgument("h and w must be whole numbers of rows and columns") \
-            from None
-    if rows and cols and item["tty"] and item["running"]:
+    size = shapes.terminal_size(request.query)
+    if size is not None and item["tty"] and item["running"]:
         try:  # the CLI sends it right after the start, maybe before the first answer
             await asyncio.wait_for(item["resizable"].wait(), 5)
         except asyncio.TimeoutError:
             return web.Response(status=200)
         if item["resize"] is not None:
             try:
-                await item["resize"].send({"rows": rows, "cols": cols})
+                await item["resize"].send({"rows": size[0], "cols": size[1]})
             except chan.ChannelError:
                 pass  # the process has ended
     return web.Response(status=200)

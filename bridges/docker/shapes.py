@@ -97,6 +97,21 @@ _HUB_PREFIXES = ("docker.io/library/", "index.docker.io/library/", "docker.io/",
                  "index.docker.io/")
 
 
+def terminal_size(query: Any) -> tuple[int, int] | None:
+    """``?h=&w=`` of a resize request as ``(rows, cols)``; None when either is missing or
+    0 (the CLI does not know its size yet: nothing to do)."""
+    try:
+        rows, cols = int(query.get("h") or 0), int(query.get("w") or 0)
+    except ValueError:
+        raise InvalidArgument("h and w must be whole numbers of rows and columns") from None
+    if not rows or not cols:
+        return None
+    if not (0 < rows < 1 << 16 and 0 < cols < 1 << 16):
+        raise InvalidArgument(f"a terminal of {rows}x{cols} is out of range: rows and columns "
+                              "go from 1 to 65535")
+    return rows, cols
+
+
 def short_ref(ref: str) -> str:
     """The CLI's normalized ``docker.io/library/busybox`` as chanbox names it (``busybox``)."""
     for prefix in _HUB_PREFIXES:

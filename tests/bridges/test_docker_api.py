@@ -112,10 +112,14 @@ class _UnixHTTP(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def request(bridge: BridgeProc, method: str, path: str) -> tuple[int, dict, bytes]:
+def request(bridge: BridgeProc, method: str, path: str,
+            body: dict | None = None) -> tuple[int, dict, bytes]:
     conn = _UnixHTTP(bridge.socket)
     try:
-        conn.request(method, path)
+        if body is None:
+            conn.request(method, path)
+        else:
+            conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
         r = conn.getresponse()
         return r.status, dict(r.getheaders()), r.read()
     finally:
@@ -272,6 +276,27 @@ def test_create_start_attach_kill_restart_rm_force(bridge: BridgeProc) -> None:
 
 
 # -- images --------------------------------------------------------------------------------
+
+def test_resize_refuses_what_is_not_a_terminal_size_and_keeps_working(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "-t", "busybox", "sh", "-c", "sleep 2; stty size; sleep 60")).strip()
+    try:
+        for query, says in (("h=abc&w=80", b"whole numbers"), ("h=-3&w=80", b"out of range")):
+            status, _, body = request(bridge, "POST", f"/containers/{cid}/resize?{query}")
+            assert (status, says in body) == (400, True), body
+        status, _, body = request(bridge, "POST", f"/containers/{cid}/exec",
+                                  {"Cmd": ["true"], "Tty": True})
+        assert status == 201, body
+        status, _, body = request(bridge, "POST", f"/exec/{json.loads(body)['Id']}/resize?h=24&w=x")
+        assert (status, b"whole numbers" in body) == (400, True), body
+        status, _, body = request(bridge, "POST", f"/containers/{cid}/resize?h=30&w=100")
+        assert status == 200, body
+        deadline = time.monotonic() + 20
+        while "30 100" not in out(bridge.docker("logs", cid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "30 100" in out(bridge.docker("logs", cid))
+    finally:
+        bridge.docker("rm", "-f", cid)
+
 
 def test_images_tag_rmi_pull_commit(bridge: BridgeProc) -> None:
     listed = ok(bridge.docker("images", "--format", "{{.Repository}}:{{.Tag}}")).split()

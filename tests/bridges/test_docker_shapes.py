@@ -67,3 +67,13 @@ def test_container_filters() -> None:
     assert [c["Id"] for c in pick(items, {"label": ["app=x"]})] == ["abc"]
     with pytest.raises(InvalidArgument, match="invalid filter"):
         pick(items, {"volume": ["v"]})
+
+
+def test_terminal_size_of_a_resize_request() -> None:
+    assert shapes.terminal_size({"h": "24", "w": "80"}) == (24, 80)
+    assert shapes.terminal_size({"h": "0", "w": "80"}) is None  # size not known yet
+    assert shapes.terminal_size({}) is None
+    for bad, says in (({"h": "abc", "w": "80"}, "whole numbers"), ({"h": "24", "w": "8.5"}, "whole numbers"),
+                      ({"h": "-3", "w": "80"}, "out of range"), ({"h": "24", "w": "65536"}, "out of range")):
+        with pytest.raises(InvalidArgument, match=says):
+            shapes.terminal_size(bad)
