@@ -572,8 +572,10 @@ class Engine:
             cgroups.freeze(c.cgroups)
             frozen = True
         try:
+            # as Docker's history shows it: the command the container ran
             img = self.images.commit(c.path("upper"), parent, repo_tag, config=config,
-                                     comment=comment, author=author)
+                                     comment=comment, author=author,
+                                     created_by=" ".join(cfg["Entrypoint"] + cfg["Cmd"]))
         finally:
             if frozen:
                 cgroups.thaw(c.cgroups)

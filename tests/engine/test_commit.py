@@ -46,6 +46,7 @@ def test_commit_chain_keeps_files_deletions_and_parents(client: Client) -> None:
         assert len(i2["RootFS"]["Layers"]) == len(base["RootFS"]["Layers"]) + 2
         hist = client.call("history", ref="cbx-commit:2")
         assert len(hist) == 3 and hist[1]["comment"] == "first"
+        assert hist[0]["created_by"] == "sh -c rm /one.txt; rm -r /data; mkdir /data; echo new > /data/n"
         # the parent is in use by its child image and by containers: refused
         with pytest.raises(Conflict):
             client.call("rmi", ref=img1)
