@@ -489,9 +489,11 @@ def ps(ctx: click.Context, all_: bool, quiet: bool, fmt: str, no_trunc: bool) ->
         for r in rows:
             click.echo(json.dumps(r))
     else:
+        from .timefmt import ago
+
         _table([[r["Id"] if no_trunc else r["Id"][:12], r["Image"], r["Command"][:30],
-                 r["Status"], r["Names"][0].lstrip("/")] for r in rows],
-               ["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES"])
+                 ago(r["Created"]), r["Status"], r["Names"][0].lstrip("/")] for r in rows],
+               ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"])
 
 
 @main.command()
@@ -738,11 +740,13 @@ def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
         for r in rows:
             click.echo(json.dumps(r))
         return
+    from .timefmt import ago
+
     table = []
     for r in rows:
         for t in r["RepoTags"] or ["<none>:<none>"]:
             repo, _, tag = t.rpartition(":")
-            table.append([repo, tag, r["Id"].removeprefix("sha256:")[:12], r["Created"],
+            table.append([repo, tag, r["Id"].removeprefix("sha256:")[:12], ago(r["Created"]),
                           _size(r["Size"])])
     _table(table, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
 
@@ -770,8 +774,10 @@ def history(ctx: click.Context, image: str, quiet: bool, fmt: str) -> None:
         for r in rows:
             click.echo(str(r.get("id", "<missing>"))[:19])
     else:
+        from .timefmt import ago
+
         _table([[str(r.get("id") or "<missing>").removeprefix("sha256:")[:12],
-                 r.get("created", ""), (r.get("created_by") or "")[:45],
+                 ago(r.get("created")), (r.get("created_by") or "")[:45],
                  _size(r.get("size", 0)), r.get("comment", "")] for r in rows],
                ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"])
 
@@ -851,7 +857,7 @@ def events(ctx: click.Context, since: int | None, filters: tuple[str, ...], fmt:
             if fmt == "json":
                 click.echo(json.dumps(ev))
             else:
-                from .containers import rfc3339
+                from .timefmt import rfc3339
 
                 attrs = ", ".join(f"{k}={v}" for k, v in sorted(ev["attributes"].items()))
                 click.echo(f"{rfc3339(ev['time'])} #{ev['seq']} {ev['type']} {ev['action']} "

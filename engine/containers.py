@@ -50,14 +50,6 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def rfc3339(ns: int | None) -> str:
-    """``ns`` as Docker prints times (RFC 3339 with nanoseconds, UTC); zero time if unset."""
-    if not ns:
-        return "0001-01-01T00:00:00Z"
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
-
-
 @dataclass
 class Container:
     """One container's record as read from its directory."""

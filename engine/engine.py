@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import cgroups, failpoints, fsutil, logs, monitor_client
-from .containers import Container, ContainerStore, rfc3339
+from .containers import Container, ContainerStore
 from .errors import Cancelled, Conflict, EngineError, InvalidArgument, NotFound, NotRunning
 from .images import Image, ImageStore
 from .spec import ContainerSpec, Limits, ProcessSpec
+from .timefmt import ago, human_duration, rfc3339
 
 DEFAULT_ROOT = "/var/lib/chanbox"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -746,12 +747,15 @@ def _image_summary(i: Image) -> dict[str, Any]:
 
 
 def _status_line(st: str, c: Container) -> str:
+    """The container's state as ``docker ps`` says it ("Up 5 minutes", "Exited (0) 2
+    seconds ago")."""
     if st == "exited":
-        return f"Exited ({(c.exit or {}).get('exit_code', 0)})"
-    if st == "running":
-        return "Up"
-    if st == "paused":
-        return "Up (Paused)"
+        ex = c.exit or {}
+        return f"Exited ({ex.get('exit_code', 0)}) {ago(ex.get('finished_at'))}".rstrip()
+    if st in ("running", "paused"):
+        started = (c.monitor or {}).get("started_at")
+        up = f"Up {human_duration(time.time() - started / 1e9)}" if started else "Up"
+        return up + " (Paused)" if st == "paused" else up
     return st.capitalize()
 
 

@@ -246,7 +246,7 @@ async def commit(request: web.Request) -> web.StreamResponse:
 def _network(n: dict[str, Any]) -> dict[str, Any]:
     created = n.get("Created")
     if isinstance(created, int):  # the engine keeps times as ns; Docker's clients want RFC 3339
-        from engine.containers import rfc3339
+        from engine.timefmt import rfc3339
 
         created = rfc3339(created)
     out = {"Name": n.get("Name") or n.get("name", ""), "Id": n.get("Id") or n.get("id", ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import time
@@ -54,6 +55,11 @@ def test_detached_lifecycle(image_root: str) -> None:
         assert cid[:12] in out(cli(image_root, "ps", "-q"))
         rows = [json.loads(line) for line in out(cli(image_root, "ps", "--format", "json")).splitlines()]
         assert any(r["Id"] == cid and r["State"] == "running" for r in rows)
+        table = out(cli(image_root, "ps")).splitlines()
+        assert re.split(r"\s{2,}", table[0]) == ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+        line = next(row for row in table if row.startswith(cid[:12]))
+        assert re.search(r"(Less than a second|\d+ seconds?) ago +Up (Less than a second|\d+ seconds?) +cbx-cli-d$",
+                         line), line
         deadline = time.monotonic() + 5
         while "started" not in out(cli(image_root, "logs", "cbx-cli-d")):
             assert time.monotonic() < deadline
@@ -66,6 +72,8 @@ def test_detached_lifecycle(image_root: str) -> None:
         assert out(cli(image_root, "wait", "cbx-cli-d")).strip() == "137"
         assert cid[:12] not in out(cli(image_root, "ps", "-q"))
         assert cid[:12] in out(cli(image_root, "ps", "-a", "-q"))
+        line = next(row for row in out(cli(image_root, "ps", "-a")).splitlines() if row.startswith(cid[:12]))
+        assert re.search(r"Exited \(137\) (Less than a second|\d+ seconds?) ago", line), line
     finally:
         cli(image_root, "rm", "-f", cid)
     assert cid[:12] not in out(cli(image_root, "ps", "-a", "-q"))
