@@ -283,13 +283,28 @@ def create(ctx: click.Context, image: str, cmd: tuple[str, ...], **kw: Any) -> N
     click.echo(_call(ctx, "create", **_create_args(image, cmd, kw))["id"])
 
 
+def _detach_keys_option(f: Any) -> Any:
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> bytes:
+        from .detachkeys import parse_detach_keys
+
+        try:
+            return parse_detach_keys(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return click.option("--detach-keys", default="", callback=parse, metavar="KEYS",
+                        help="Keys that detach from a -t process (default ctrl-p,ctrl-q).")(f)
+
+
 @main.command(context_settings=_CMD_AFTER_IMAGE)
 @_container_options
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; print the id.")
+@_detach_keys_option
 @click.argument("image")
 @click.argument("cmd", nargs=-1)
 @click.pass_context
-def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, **kw: Any) -> None:
+def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, detach_keys: bytes,
+        **kw: Any) -> None:
     """Create and start a container, follow its output, exit with its code."""
     from .errors import EngineError
 
@@ -314,7 +329,7 @@ def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, **kw
 
         try:
             # (no detaching from an attached --rm: we remove it once it exits)
-            with lent_to(container_resizer(client, cid), detachable=not remove):
+            with lent_to(container_resizer(client, cid), detach_keys=None if remove else detach_keys):
                 code = _follow(client, cid, stdin=True)
         except Detached:
             click.echo("read escape sequence", err=True)
@@ -540,7 +555,7 @@ def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps
         _die(str(exc), exc.exit_status)
 
 
-def _run_attachment(replies: Any, stdin: bool, resize: Any = None) -> int:
+def _run_attachment(replies: Any, stdin: bool, resize: Any = None, *, detach_keys: bytes) -> int:
     """Print an attach/exec answer's output, feed it our stdin; the exit code.
 
     With stdin and a terminal on the other side (``resize``, or the ``resize`` Sender
@@ -556,7 +571,7 @@ def _run_attachment(replies: Any, stdin: bool, resize: Any = None) -> int:
         from .cli_terminal import Detached, lent_to
 
         try:
-            with lent_to(resize):
+            with lent_to(resize, detach_keys=detach_keys):
                 return _print_attachment(replies)
         except Detached:
             click.echo("read escape sequence", err=True)
@@ -641,9 +656,10 @@ def _print_log(client: Any, *, timestamps: bool = False, **args: Any) -> bool:
 
 @main.command()
 @click.option("--no-stdin", is_flag=True, help="Do not attach stdin.")
+@_detach_keys_option
 @click.argument("container")
 @click.pass_context
-def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
+def attach(ctx: click.Context, container: str, no_stdin: bool, detach_keys: bytes) -> None:
     """Attach to a running container's stdio; exit with its code."""
     from .errors import EngineError
 
@@ -660,7 +676,7 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
             from .cli_terminal import container_resizer
 
             resize = container_resizer(client, info["Id"])
-        code = _run_attachment(replies, stdin, resize)
+        code = _run_attachment(replies, stdin, resize, detach_keys=detach_keys)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
     sys.exit(code)
@@ -672,11 +688,12 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
 @click.option("-e", "--env", multiple=True)
 @click.option("-w", "--workdir", default="")
 @click.option("-u", "--user", default="")
+@_detach_keys_option
 @click.argument("container")
 @click.argument("cmd", nargs=-1, required=True)
 @click.pass_context
 def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive: bool,
-          tty: bool, env: tuple[str, ...], workdir: str, user: str) -> None:
+          tty: bool, env: tuple[str, ...], workdir: str, user: str, detach_keys: bytes) -> None:
     """Run a command in a running container."""
     from .errors import EngineError
 
@@ -685,7 +702,8 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
     try:
         code = _run_attachment(_client(ctx).stream(
             "exec", id=container, cmd=list(cmd), env=list(env), workdir=workdir, user=user,
-            open_stdin=interactive, tty=tty, on_idle=_OUT.flush, stop=detached), interactive)
+            open_stdin=interactive, tty=tty, on_idle=_OUT.flush, stop=detached), interactive,
+            detach_keys=detach_keys)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
     sys.exit(code)

@@ -3,8 +3,9 @@
 As ``docker`` does: the terminal goes to raw mode, so every key (^C and the arrows
 included) goes to the container's own terminal, which echoes and edits, and its output
 is shown as it is (no second ``\\r`` added here); the window's size is sent at the start
-and on every SIGWINCH.  ^P^Q detaches (:class:`Detached`): the process runs on.  The
-terminal is restored however the command ends.
+and on every SIGWINCH.  ^P^Q (or the ``--detach-keys`` given) detaches
+(:class:`Detached`): the process runs on.  The terminal is restored however the command
+ends.
 """
 
 from __future__ import annotations
@@ -19,38 +20,15 @@ from typing import Any
 
 import chan
 
+from .detachkeys import DETACH_KEYS, DetachKeys
 from .errors import EngineError
-
-
-#: docker's default detach keys: ctrl-p ctrl-q
-DETACH_KEYS = b"\x10\x11"
 
 
 class Detached(Exception):
     """The user typed the detach keys: leave the process running."""
 
 
-class _Keys:
-    """What our stdin sends on, with the detach keys taken out (a ^P is held back
-    until the next key says whether it starts them)."""
-
-    def __init__(self) -> None:
-        self.held = b""
-        self.detached = False
-
-    def filter(self, data: bytes) -> bytes:
-        data = self.held + data
-        self.held = b""
-        at = data.find(DETACH_KEYS)
-        if at >= 0:
-            self.detached = True  # the main thread's stream sees it (detached())
-            return data[:at]
-        if data.endswith(DETACH_KEYS[:1]):
-            self.held, data = data[-1:], data[:-1]
-        return data
-
-
-_keys: _Keys | None = None  # while a terminal is lent with detach keys
+_keys: DetachKeys | None = None  # while a terminal is lent with detach keys
 
 
 def detached() -> bool:
@@ -82,10 +60,11 @@ def exec_resizer(sizes: chan.Sender) -> Callable[[int, int], None]:
 
 
 @contextlib.contextmanager
-def lent_to(resize: Callable[[int, int], None], *, detachable: bool = True) -> Iterator[None]:
+def lent_to(resize: Callable[[int, int], None], *,
+            detach_keys: bytes | None = DETACH_KEYS) -> Iterator[None]:
     """Lend our terminal (stdin) to a ``-t`` process for the ``with`` block, telling
-    ``resize(rows, cols)`` its size; a no-op when stdin is not a terminal.  With
-    ``detachable``, the detach keys end the streams that watch :func:`detached`; the
+    ``resize(rows, cols)`` its size; a no-op when stdin is not a terminal.  The
+    ``detach_keys`` (None: none) end the streams that watch :func:`detached`; the
     ``with`` block then raises :class:`Detached`."""
     global _keys
     fd = sys.stdin.fileno()
@@ -111,8 +90,8 @@ def lent_to(resize: Callable[[int, int], None], *, detachable: bool = True) -> I
     try:
         send_size()
         tty.setraw(fd, termios.TCSANOW)
-        if detachable:
-            _keys = _Keys()
+        if detach_keys:
+            _keys = DetachKeys(detach_keys)
         yield
         if detached():
             raise Detached()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import time
+
+import pytest
 
 from .conftest import CHANBOX, cli, needs_root
 
@@ -333,15 +335,20 @@ def test_a_t_process_has_a_terminal_of_the_containers_own(image_root: str) -> No
         cli(image_root, "rm", "-f", cid)
 
 
-def _detaches(argv: list[str]) -> None:
-    """^P^Q leaves the -it process running: the CLI ends with status 0."""
+def _detaches(argv: list[str], keys: bytes = b"\x10\x11") -> None:
+    """The detach keys (^P^Q unless --detach-keys says otherwise) leave the -it process
+    running: the CLI ends with status 0."""
     t = _Pty(argv)
     try:
         t.type(b"echo $((40+2))\r")  # (waits in the terminal until the CLI reads it)
         t.until(b"42\r\n")
-        t.type(b"\x10")  # ^P alone is held back ...
+        if keys != b"\x10\x11":  # the default keys are now just keys for the shell
+            t.type(b"\x10\x11")
+            time.sleep(0.3)
+            assert os.waitpid(t.pid, os.WNOHANG) == (0, 0), "detached on ^P^Q"
+        t.type(keys[:-1])  # the start of the keys is held back ...
         time.sleep(0.3)
-        t.type(b"\x11")  # ... until ^Q says it is the detach keys
+        t.type(keys[-1:])  # ... until the last one says they are the detach keys
         t.until(b"read escape sequence")
         assert t.exit_code() == 0
     finally:
@@ -363,14 +370,45 @@ def test_detach_keys_leave_the_container_and_its_stdin_running(image_root: str) 
         cli(image_root, "rm", "-f", cid, "cbx-cli-det")
 
 
-def test_detach_keys_are_taken_out_of_the_input_and_a_lone_ctrl_p_goes_on() -> None:
-    from engine.cli_terminal import _Keys
+def test_detach_keys_of_ones_own_choosing(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "-it", "--network", "none", "busybox", "sh")).strip()
+    try:
+        for argv in (["attach", cid], ["exec", "-it", cid, "sh"],
+                     ["run", "-it", "--name", "cbx-cli-keys", "--network", "none", "busybox", "sh"]):
+            cmd, rest = argv[0], argv[1:]
+            _detaches([CHANBOX, "--root", image_root, cmd, "--detach-keys", "ctrl-x,ctrl-@,z", *rest],
+                      keys=b"\x18\x00z")
+        assert json.loads(out(cli(image_root, "inspect", "cbx-cli-keys")))[0]["State"]["Running"]
+    finally:
+        cli(image_root, "rm", "-f", cid, "cbx-cli-keys")
+    p = cli(image_root, "attach", "--detach-keys", "ctrl-1", cid)
+    assert p.returncode == 125 and "'ctrl-1' is not a key" in p.stderr.decode()
 
-    keys = _Keys()
+
+def test_detach_keys_syntax() -> None:
+    from engine.detachkeys import parse_detach_keys
+
+    assert parse_detach_keys("") == b"\x10\x11"
+    assert parse_detach_keys("ctrl-p,ctrl-q") == b"\x10\x11"
+    assert parse_detach_keys("Ctrl-A,x,ctrl-[,ctrl-_") == b"\x01x\x1b\x1f"
+    for bad in ("ctrl-1", "ab", "ctrl-", "ctrl-a,,x", "é"):
+        with pytest.raises(ValueError, match="is not a key"):
+            parse_detach_keys(bad)
+
+
+def test_detach_keys_are_taken_out_of_the_input_and_a_lone_ctrl_p_goes_on() -> None:
+    from engine.detachkeys import DetachKeys
+
+    keys = DetachKeys()
     assert keys.filter(b"ab\x10") == b"ab"  # held back: it may start the keys
     assert keys.filter(b"c") == b"\x10c"  # it did not
     assert not keys.detached
     assert keys.filter(b"xy\x10\x11zz") == b"xy" and keys.detached
+    three = DetachKeys(b"\x18\x00z")
+    assert three.filter(b"a\x18") == b"a" and three.filter(b"\x00") == b""  # both held
+    assert three.filter(b"q") == b"\x18\x00q" and not three.detached  # not the keys
+    assert three.filter(b"\x18\x18\x00") == b"\x18" and three.filter(b"z!") == b""
+    assert three.detached
 
 
 def test_save_to_stdout_and_load_from_stdin(image_root: str) -> None:
