@@ -710,6 +710,15 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
 
 
 @main.command()
+@click.argument("container")
+@click.pass_context
+def diff(ctx: click.Context, container: str) -> None:
+    """Show what a container changed in its filesystem (C changed, A added, D deleted)."""
+    for change in _call(ctx, "changes", id=container):
+        click.echo(f"{'CAD'[change['Kind']]} {change['Path']}")
+
+
+@main.command()
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-a", "--author", default="")
 @click.option("-p/--no-pause", "pause", default=True, help="Pause the container meanwhile.")

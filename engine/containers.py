@@ -9,7 +9,11 @@ A container is a directory ``<root>/containers/<id>`` holding:
   at exit;
 - ``upper/``, ``work/`` (the writable layer and overlayfs's work dir), ``rootfs/`` (the
   union's mount point, used only inside the container's mount namespace) and
-  ``container.log`` (Docker's json-file lines).
+  ``container.log`` (Docker's json-file lines);
+- ``init/``, for a container whose network bind-mounts files over the image's (its
+  /etc/hosts, /etc/hostname, /etc/resolv.conf): a read-only layer between the image and
+  ``upper/`` holding the empty mount points, as Docker's ``-init`` layer does, so that
+  they never land in the writable layer (nor in ``commit`` or ``diff``).
 
 A directory appears complete (built under ``<root>/tmp``, renamed into place under the
 root lock, which also keeps names unique) or not at all.  The status is derived from
@@ -172,6 +176,27 @@ class ContainerStore:
                 os.unlink(link)
         fsutil.remove_tree(stage)
         return True
+
+    def init_layer(self, c: Container, targets: list[str]) -> str:
+        """The container's init layer (see the module) holding an empty file at each of
+        ``targets`` (absolute paths in the container), made on first use; its path
+        relative to the engine root, as overlayfs's ``lowerdir`` takes it."""
+        rel = os.path.relpath(c.path("init"), self.root)
+        if not os.path.isdir(c.path("init")):
+            stage = c.path("init.tmp")
+            fsutil.remove_tree(stage)  # a start that died half-way
+            for target in targets:
+                path = os.path.join(stage, target.lstrip("/"))
+                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                with open(path, "wb"):
+                    pass
+            try:
+                os.rename(stage, c.path("init"))
+            except OSError:  # a concurrent start made it first
+                fsutil.remove_tree(stage)
+                if not os.path.isdir(c.path("init")):
+                    raise
+        return rel
 
     def reset_run(self, c: Container) -> None:
         """Forget the previous run's monitor and exit records (before a restart)."""

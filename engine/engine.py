@@ -267,6 +267,9 @@ class Engine:
         att = None
         try:
             att = self._join_network(c, spec)
+            if spec.net and spec.net.get("files"):
+                targets = [dst for _, dst in spec.net["files"]]
+                spec.lowerdirs = [self.containers.init_layer(c, targets), *spec.lowerdirs]
             result = self._forker.spawn(spec, c.dir,
                                         open_stdin=c.config["Config"]["OpenStdin"],
                                         on_exit=on_exit)
@@ -582,6 +585,17 @@ class Engine:
                 cgroups.thaw(c.cgroups)
         self._container_event("commit", c, imageID=_sha(img.id))
         return img.id
+
+    def changes(self, ref: str) -> list[dict[str, Any]]:
+        """What the container changed in its filesystem (``docker diff``): entries
+        ``{"Path", "Kind"}`` (0 changed, 1 added, 2 deleted), sorted by path."""
+        from .changes import changes
+
+        c = self.containers.get(ref)
+        lowers = self.images.lowerdirs(self.images.get(c.config["Image"]))
+        if os.path.isdir(c.path("init")):
+            lowers.insert(0, c.path("init"))
+        return changes(c.path("upper"), [os.path.join(self.root, d) for d in lowers])
 
     # -- containers: I/O ---------------------------------------------------------------
 

@@ -142,13 +142,11 @@ def _mount_sysfs(target: bytes) -> None:
 
 
 def _bind_file(src: bytes, target: bytes) -> None:
-    # the image may lack the file (or /etc): make the mount point in the writable layer
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except FileNotFoundError:
+    # The container's init layer has the mount point.  Only look: opening it for
+    # writing would copy it up into the writable layer (and so into a commit).
+    if not os.path.lexists(target):  # a spec without an init layer: make one here
         os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    os.close(fd)
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
     syscalls.mount(src, target, None, MS.MS_BIND, None)
 
 

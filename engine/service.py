@@ -22,7 +22,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``
   (for ``exec`` with ``tty`` also ``"resize"``: a Sender of ``{"rows", "cols"}``), then
   ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
-  ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``.
+  ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``; ``changes`` (id) ->
+  list of ``{"Path", "Kind"}`` (0 changed, 1 added, 2 deleted: ``docker diff``).
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
   -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host).
@@ -326,6 +327,11 @@ def _v_pause(engine: Engine, a: _Args, ret: Any) -> Any:
 def _v_unpause(engine: Engine, a: _Args, ret: Any) -> Any:
     engine.unpause(a.id())
     return {}
+
+
+@verb("changes")
+def _v_changes(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.changes(a.id())
 
 
 @verb("ls")

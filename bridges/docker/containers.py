@@ -439,6 +439,11 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
     return _Stream(None, resp)
 
 
+async def changes(request: web.Request) -> web.StreamResponse:
+    """``GET /containers/ID/changes``: ``docker diff``."""
+    return json_ok(await bridge_of(request).client.call("changes", id=request.match_info["id"]))
+
+
 async def resize(request: web.Request) -> web.StreamResponse:
     """``POST /containers/ID/resize?h=&w=``: the size of a ``-t`` container's terminal."""
     c = await _get(request)
@@ -464,6 +469,7 @@ ROUTES = [
     ("POST", "/containers/{id}/wait", wait),
     ("POST", "/containers/{id}/attach", attach),
     ("POST", "/containers/{id}/resize", resize),
+    ("GET", "/containers/{id}/changes", changes),
     ("GET", "/containers/{id}/logs", logs),
     ("DELETE", "/containers/{id}", remove),
 ]

@@ -298,6 +298,17 @@ def test_resize_refuses_what_is_not_a_terminal_size_and_keeps_working(bridge: Br
         bridge.docker("rm", "-f", cid)
 
 
+def test_docker_diff(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "rm /bin/vi; touch /new; sleep 30")).strip()
+    try:
+        deadline = time.monotonic() + 10
+        while (got := out(bridge.docker("diff", cid)).splitlines()) != ["C /bin", "D /bin/vi", "A /new"]:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
+    finally:
+        bridge.docker("rm", "-f", cid)
+
+
 def test_images_tag_rmi_pull_commit(bridge: BridgeProc) -> None:
     listed = ok(bridge.docker("images", "--format", "{{.Repository}}:{{.Tag}}")).split()
     assert "busybox:latest" in listed

@@ -81,6 +81,21 @@ def test_detached_lifecycle(image_root: str) -> None:
     assert cid[:12] not in out(cli(image_root, "ps", "-a", "-q"))
 
 
+def test_diff_lists_what_the_container_changed(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "busybox", "sh", "-c",
+                  "rm /bin/vi; mkdir -p /srv/a; echo x > /srv/a/b; echo y >> /etc/passwd; sleep 30")).strip()
+    try:
+        want = ["C /bin", "D /bin/vi", "C /etc", "C /etc/passwd", "A /srv", "A /srv/a", "A /srv/a/b"]
+        deadline = time.monotonic() + 10
+        while (got := out(cli(image_root, "diff", cid)).splitlines()) != want:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
+        p = cli(image_root, "diff", "cbx-no-such-container")
+        assert p.returncode != 0 and "no such container" in p.stderr.decode()
+    finally:
+        cli(image_root, "rm", "-f", cid)
+
+
 def test_images_history_tag_rmi(image_root: str) -> None:
     assert "busybox" in out(cli(image_root, "images"))
     assert cli(image_root, "tag", "busybox", "cbx-copy:v1").returncode == 0

@@ -34,9 +34,9 @@ def net(image_root: str) -> Iterator[dict]:
     networks.remove(image_root, rec["Name"])
 
 
-def run_out(engine: Engine, cmd: list[str], **kw: object) -> tuple[int, str]:
+def run_out(engine: Engine, cmd: list[str], image: str = "busybox", **kw: object) -> tuple[int, str]:
     """Run a container to its end; (exit code, its output)."""
-    cid = engine.create("busybox", cmd, **kw)
+    cid = engine.create(image, cmd, **kw)
     engine.start(cid)
     code = engine.wait(cid)
     out = "".join(e["log"] for e in engine.logs(cid))
@@ -72,6 +72,29 @@ def test_default_bridge_gives_eth0_route_and_etc_files(engine: Engine) -> None:
     assert f"default via {info['Gateway']} dev eth0" in out
     assert "cbx-host1\n" in out
     assert "127.0.0.1\tlocalhost" in out and "nameserver" in out
+
+
+def test_the_etc_files_stay_out_of_the_writable_layer_diff_and_commit(engine: Engine) -> None:
+    # As Docker's -init layer: the mount points of /etc/hosts, hostname and resolv.conf
+    # are in a layer of the container's own under the writable one.
+    cid = detached(engine, ["sh", "-c", "echo changed > /etc/motd; sleep 30"])
+    img = None
+    try:
+        deadline = time.monotonic() + 10
+        while not engine.changes(cid):
+            assert time.monotonic() < deadline, "the container changed nothing"
+            time.sleep(0.05)
+        assert engine.changes(cid) == [{"Path": "/etc", "Kind": 0}, {"Path": "/etc/motd", "Kind": 1}]
+        assert sorted(os.listdir(os.path.join(engine.containers.get(cid).path("upper"), "etc"))) \
+            == ["motd"]
+        img = engine.commit(cid, "cbx-init-layer:1")
+        code, out = run_out(engine, ["sh", "-c", "ls /etc/hostname /etc/resolv.conf; cat /etc/motd"],
+                            image="cbx-init-layer:1", network="none")
+        assert "No such file" in out and out.count("No such file") == 2 and "changed" in out, out
+    finally:
+        engine.rm(cid, force=True)
+        if img is not None:
+            engine.rmi("cbx-init-layer:1")
 
 
 def test_none_and_host_keep_working(engine: Engine) -> None:
