@@ -712,6 +712,15 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
 @main.command()
 @click.argument("container")
 @click.pass_context
+def top(ctx: click.Context, container: str) -> None:
+    """Show a running container's processes (ps -ef's columns, the host's PIDs)."""
+    t = _call(ctx, "top", id=container)
+    _table(t["Processes"], t["Titles"])
+
+
+@main.command()
+@click.argument("container")
+@click.pass_context
 def diff(ctx: click.Context, container: str) -> None:
     """Show what a container changed in its filesystem (C changed, A added, D deleted)."""
     for change in _call(ctx, "changes", id=container):

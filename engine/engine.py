@@ -597,6 +597,14 @@ class Engine:
             lowers.insert(0, c.path("init"))
         return changes(c.path("upper"), [os.path.join(self.root, d) for d in lowers])
 
+    def top(self, ref: str) -> dict[str, Any]:
+        """The running container's processes as ``ps -ef`` shows them (``docker top``):
+        ``{"Titles": [...], "Processes": [[...], ...]}`` with the host's PIDs."""
+        from .processes import table
+
+        c = self._running(ref)
+        return table(cgroups.procs(c.cgroups))
+
     # -- containers: I/O ---------------------------------------------------------------
 
     def logs(self, ref: str, *, follow: bool = False, tail: int | None = None,

@@ -23,7 +23,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   (for ``exec`` with ``tty`` also ``"resize"``: a Sender of ``{"rows", "cols"}``), then
   ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
   ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``; ``changes`` (id) ->
-  list of ``{"Path", "Kind"}`` (0 changed, 1 added, 2 deleted: ``docker diff``).
+  list of ``{"Path", "Kind"}`` (0 changed, 1 added, 2 deleted: ``docker diff``);
+  ``top`` (id) -> ``{"Titles", "Processes"}`` (``ps -ef``'s columns, host PIDs).
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
   -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host).
@@ -332,6 +333,11 @@ def _v_unpause(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("changes")
 def _v_changes(engine: Engine, a: _Args, ret: Any) -> Any:
     return engine.changes(a.id())
+
+
+@verb("top")
+def _v_top(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.top(a.id())
 
 
 @verb("ls")

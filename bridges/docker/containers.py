@@ -439,6 +439,14 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
     return _Stream(None, resp)
 
 
+async def top(request: web.Request) -> web.StreamResponse:
+    """``GET /containers/ID/top``: ``docker top`` (``ps -ef``'s columns; other
+    ``ps_args`` are refused, the engine does not run the host's ps)."""
+    if request.query.get("ps_args", "-ef") not in ("", "-ef"):
+        raise errors.InvalidArgument("only the default ps arguments (-ef) are supported")
+    return json_ok(await bridge_of(request).client.call("top", id=request.match_info["id"]))
+
+
 async def changes(request: web.Request) -> web.StreamResponse:
     """``GET /containers/ID/changes``: ``docker diff``."""
     return json_ok(await bridge_of(request).client.call("changes", id=request.match_info["id"]))
@@ -470,6 +478,7 @@ ROUTES = [
     ("POST", "/containers/{id}/attach", attach),
     ("POST", "/containers/{id}/resize", resize),
     ("GET", "/containers/{id}/changes", changes),
+    ("GET", "/containers/{id}/top", top),
     ("GET", "/containers/{id}/logs", logs),
     ("DELETE", "/containers/{id}", remove),
 ]

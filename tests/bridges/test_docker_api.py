@@ -298,6 +298,21 @@ def test_resize_refuses_what_is_not_a_terminal_size_and_keeps_working(bridge: Br
         bridge.docker("rm", "-f", cid)
 
 
+def test_docker_top(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "sleep 300 & exec sleep 301")).strip()
+    try:
+        deadline = time.monotonic() + 10
+        while len(lines := out(bridge.docker("top", cid)).splitlines()) < 3:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
+        assert lines[0].split()[:3] == ["UID", "PID", "PPID"] and lines[0].split()[-1] == "CMD"
+        assert sorted(line.split(None, 7)[-1] for line in lines[1:]) == ["sleep 300", "sleep 301"]
+        p = bridge.docker("top", cid, "aux")
+        assert p.returncode != 0 and "only the default ps arguments" in err(p)
+    finally:
+        bridge.docker("rm", "-f", cid)
+
+
 def test_docker_diff(bridge: BridgeProc) -> None:
     cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "rm /bin/vi; touch /new; sleep 30")).strip()
     try:

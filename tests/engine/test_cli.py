@@ -81,6 +81,36 @@ def test_detached_lifecycle(image_root: str) -> None:
     assert cid[:12] not in out(cli(image_root, "ps", "-a", "-q"))
 
 
+def test_top_lists_the_containers_processes_as_ps_ef(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "-t", "busybox", "sh", "-c", "sleep 300 & exec sleep 301")).strip()
+    try:
+        deadline = time.monotonic() + 10
+        while len(lines := out(cli(image_root, "top", cid)).splitlines()) < 3:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
+        assert re.split(r"\s{2,}", lines[0]) == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+        rows = {r[-1]: r for r in (re.split(r"\s{2,}", line) for line in lines[1:])}
+        assert set(rows) == {"sleep 300", "sleep 301"}
+        init = json.loads(out(cli(image_root, "inspect", cid)))[0]["State"]["Pid"]
+        assert rows["sleep 301"][1] == str(init)  # the host's PIDs, as docker top shows
+        assert rows["sleep 300"][2] == str(init)  # its parent
+        assert rows["sleep 301"][0] == "root" and rows["sleep 301"][5] == "pts/0"
+        cli(image_root, "stop", "-t", "0", cid)
+        p = cli(image_root, "top", cid)
+        assert p.returncode == 125 and "is not running" in p.stderr.decode()
+    finally:
+        cli(image_root, "rm", "-f", cid)
+
+
+def test_ps_columns_of_the_processes_table() -> None:
+    from engine.processes import cpu_time, tty_name
+
+    assert [tty_name(n) for n in (0, 136 << 8 | 3, 137 << 8 | 1, 4 << 8 | 2, 4 << 8 | 65)] == \
+        ["?", "pts/3", "pts/257", "tty2", "ttyS1"]
+    assert [cpu_time(s) for s in (0, 61.9, 3 * 3600 + 5, 86400 + 7)] == \
+        ["00:00:00", "00:01:01", "03:00:05", "1-00:00:07"]
+
+
 def test_diff_lists_what_the_container_changed(image_root: str) -> None:
     cid = out(cli(image_root, "run", "-d", "busybox", "sh", "-c",
                   "rm /bin/vi; mkdir -p /srv/a; echo x > /srv/a/b; echo y >> /etc/passwd; sleep 30")).strip()
