@@ -236,6 +236,8 @@ def _container_options(f: Any) -> Any:
                      help="Publish a port: [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]."),
         click.option("--network-alias", multiple=True,
                      help="Another name for the container on its user network."),
+        click.option("-v", "--volume", multiple=True,
+                     help="Bind-mount a host path: /HOST/PATH:/CONTAINER/PATH[:ro]."),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
         click.option("--privileged", is_flag=True, help="Give all capabilities, no seccomp."),
         click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits."),
@@ -266,7 +268,16 @@ def _create_args(image: str, cmd: tuple[str, ...], kw: dict[str, Any]) -> dict[s
         "read_only": kw["read_only"], "privileged": kw["privileged"],
         "open_stdin": kw["interactive"], "tty": kw["tty"], "auto_remove": kw["auto_remove"],
         "ports": ports, "network_aliases": list(kw["network_alias"]),
+        # a relative host path means the directory here, as the docker CLI takes it
+        "binds": [_absolute_source(v) for v in kw["volume"]],
     }
+
+
+def _absolute_source(volume: str) -> str:
+    src, sep, rest = volume.partition(":")
+    if sep and src.startswith((".", "~")):
+        src = os.path.abspath(os.path.expanduser(src))
+    return f"{src}{sep}{rest}"
 
 
 # Options end at the image name: what follows is the container's command.

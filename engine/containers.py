@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,21 @@ _RIGHT = ("babbage", "curie", "dijkstra", "engelbart", "feynman", "goldberg", "h
           "kare", "lamport", "liskov", "lovelace", "mccarthy", "noether", "pike",
           "ritchie", "shannon", "thompson", "torvalds", "turing", "wozniak", "knuth",
           "hamilton", "allen", "backus")
+
+
+def _init_dir(stage: str, rel: str, image: Any) -> None:
+    """A directory of the init layer, as the image has it (mode, owner) or 0755 root."""
+    path = os.path.join(stage, rel)
+    if os.path.isdir(path):
+        return
+    st = image.lstat(rel)
+    os.mkdir(path)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        os.chown(path, st.st_uid, st.st_gid)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:
+        os.chmod(path, 0o755)
 
 
 def now_ns() -> int:
@@ -177,19 +193,24 @@ class ContainerStore:
         fsutil.remove_tree(stage)
         return True
 
-    def init_layer(self, c: Container, targets: list[str]) -> str:
-        """The container's init layer (see the module) holding an empty file at each of
-        ``targets`` (absolute paths in the container), made on first use; its path
-        relative to the engine root, as overlayfs's ``lowerdir`` takes it."""
+    def init_layer(self, c: Container, targets: list[tuple[str, bool]], image: Any) -> str:
+        """The container's init layer (see the module), made on first use: a mount point
+        at each of ``targets`` (``(absolute path in the container, is a directory)``),
+        its parent directories with the owner and mode the image gives them (``image``:
+        a :class:`~engine.layerview.LayerView`).  Its path relative to the engine root,
+        as overlayfs's ``lowerdir`` takes it."""
         rel = os.path.relpath(c.path("init"), self.root)
         if not os.path.isdir(c.path("init")):
             stage = c.path("init.tmp")
             fsutil.remove_tree(stage)  # a start that died half-way
-            for target in targets:
-                path = os.path.join(stage, target.lstrip("/"))
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-                with open(path, "wb"):
-                    pass
+            os.mkdir(stage, 0o755)
+            for target, is_dir in targets:
+                parts = [p for p in target.split("/") if p]
+                for i in range(1, len(parts) + (1 if is_dir else 0)):
+                    _init_dir(stage, "/".join(parts[:i]), image)
+                if not is_dir:
+                    with open(os.path.join(stage, *parts), "ab"):
+                        pass
             try:
                 os.rename(stage, c.path("init"))
             except OSError:  # a concurrent start made it first

@@ -20,6 +20,7 @@ from .containers import Container, ContainerStore
 from .errors import Cancelled, Conflict, EngineError, InvalidArgument, NotFound, NotRunning
 from .images import Image, ImageStore
 from .spec import ContainerSpec, Limits, ProcessSpec
+from .binds import bind_text, parse_bind
 from .timefmt import ago, human_duration, rfc3339
 
 DEFAULT_ROOT = "/var/lib/chanbox"
@@ -167,7 +168,7 @@ class Engine:
                read_only: bool = False, privileged: bool = False,
                open_stdin: bool = False, tty: bool = False,
                auto_remove: bool = False, ports: list[dict[str, Any]] | None = None,
-               network_aliases: list[str] | None = None) -> str:
+               network_aliases: list[str] | None = None, binds: list[str] | None = None) -> str:
         """Create a container from ``image``; its id.  Nothing runs until :meth:`start`."""
         img = self.images.get(image)
         icfg = img.config or {}
@@ -181,6 +182,7 @@ class Engine:
                                   "give one after the image name")
         network, bindings = self._check_network(network, ports, network_aliases)
         limits = _check_limits(memory, cpus, pids_limit)
+        mounts = _check_binds(binds or [])
         config = {
             "Image": img.id,
             "Config": {
@@ -199,6 +201,7 @@ class Engine:
                 "NetworkMode": network, "ReadonlyRootfs": read_only,
                 "Privileged": privileged, "AutoRemove": auto_remove,
                 "PortBindings": _port_bindings(bindings),
+                "Binds": [bind_text(b) for b in mounts],
             },
             "NetworkingConfig": {"EndpointsConfig": {network: {
                 "Aliases": list(network_aliases or [])}}},
@@ -267,9 +270,13 @@ class Engine:
         att = None
         try:
             att = self._join_network(c, spec)
-            if spec.net and spec.net.get("files"):
-                targets = [dst for _, dst in spec.net["files"]]
-                spec.lowerdirs = [self.containers.init_layer(c, targets), *spec.lowerdirs]
+            targets = [(dst, False) for _, dst in (spec.net or {}).get("files", ())]
+            targets += [(b["target"], os.path.isdir(b["source"])) for b in spec.binds]
+            if targets:
+                from .layerview import LayerView
+
+                view = LayerView([os.path.join(self.root, d) for d in spec.lowerdirs])
+                spec.lowerdirs = [self.containers.init_layer(c, targets, view), *spec.lowerdirs]
             result = self._forker.spawn(spec, c.dir,
                                         open_stdin=c.config["Config"]["OpenStdin"],
                                         on_exit=on_exit)
@@ -327,7 +334,7 @@ class Engine:
                                 cwd=cfg["WorkingDir"] or "/", user=cfg["User"],
                                 terminal=cfg["Tty"]),
             network=hc["NetworkMode"], readonly=hc["ReadonlyRootfs"],
-            privileged=hc["Privileged"])
+            privileged=hc["Privileged"], binds=[parse_bind(b) for b in hc.get("Binds") or []])
 
     # -- containers: state -------------------------------------------------------------
 
@@ -401,7 +408,11 @@ class Engine:
             "Image": _sha(c.config["Image"]),
             "LogPath": c.path("container.log"),
             "Config": {**cfg, "Hostname": cfg["Hostname"] or c.short_id},
-            "HostConfig": c.config["HostConfig"],
+            "HostConfig": {"Binds": [], **c.config["HostConfig"]},
+            "Mounts": [{"Type": "bind", "Source": b["source"], "Destination": b["target"],
+                        "Mode": "ro" if b["readonly"] else "", "RW": not b["readonly"],
+                        "Propagation": "rprivate"}
+                       for b in map(parse_bind, c.config["HostConfig"].get("Binds") or [])],
             "NetworkSettings": self._network_settings(c, running),
             "GraphDriver": {"Name": "overlay2", "Data": {
                 "UpperDir": c.path("upper"), "WorkDir": c.path("work"),
@@ -717,6 +728,24 @@ def _ended(container_id: str, wait: float) -> bool:
     except NotRunning:
         pass
     return True
+
+
+def _check_binds(binds: list[str]) -> list[dict[str, Any]]:
+    """Parse ``-v`` values; a host directory that does not exist yet is made (as
+    ``docker run -v`` does); two mounts on one target are refused."""
+    out = [parse_bind(b) for b in binds]
+    targets = [b["target"] for b in out]
+    for t in targets:
+        if targets.count(t) > 1:
+            raise InvalidArgument(f"duplicate mount point: {t}")
+    for b in out:
+        if not os.path.lexists(b["source"]):
+            try:
+                os.makedirs(b["source"], 0o755)
+            except OSError as exc:
+                raise InvalidArgument(f"cannot make the host directory {b['source']} for a "
+                                      f"volume: {exc.strerror}") from None
+    return out
 
 
 def _check_limits(memory: int | None, cpus: float | None, pids: int | None) -> Limits:

@@ -19,7 +19,7 @@ MS = syscalls
 _NOSUID_NODEV_NOEXEC = MS.MS_NOSUID | MS.MS_NODEV | MS.MS_NOEXEC
 
 # step kinds
-MOUNT, MKDIR, MKNOD, SYMLINK, MASK, READONLY, SYSFS, CHDIR, BINDFILE = range(9)
+MOUNT, MKDIR, MKNOD, SYMLINK, MASK, READONLY, SYSFS, CHDIR, BINDFILE, BIND = range(10)
 
 #: (name, major, minor) of the devices every container gets (mode 0666)
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
@@ -78,6 +78,9 @@ def plan(spec: ContainerSpec) -> list[Step]:
     ]
     for src, dst in (spec.net or {}).get("files", ()):
         steps.append((BINDFILE, f"bind {src} on {dst}", enc(src), p(dst)))
+    for b in spec.binds:
+        steps.append((BIND, f"bind-mount {b['source']} on {b['target']}", enc(b["source"]),
+                      enc(r), enc(b["target"]), bool(b["readonly"])))
     if not spec.privileged:
         null = p("/dev/null")
         steps += [(MASK, f"mask {m}", p(m), null) for m in security.MASKED_PATHS]
@@ -124,6 +127,8 @@ def apply(steps: list[Step]) -> None:
                 _readonly(step[2])
             elif kind == BINDFILE:
                 _bind_file(step[2], step[3])
+            elif kind == BIND:
+                _bind(step[2], step[3], step[4], step[5])
         except OSError as exc:
             raise StepFailed(step[1], exc.errno or errno.EIO) from None
 
@@ -148,6 +153,67 @@ def _bind_file(src: bytes, target: bytes) -> None:
         os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
     syscalls.mount(src, target, None, MS.MS_BIND, None)
+
+
+def _bind(source: bytes, rootfs: bytes, target: bytes, readonly: bool) -> None:
+    """Bind-mount the host's ``source`` on ``target`` inside ``rootfs``.
+
+    The target is found with openat2's RESOLVE_IN_ROOT and mounted on through its
+    /proc/self/fd link (as runc does): a symlink the container left on the way (``/data
+    -> ../../..``, ``/data -> /``) resolves inside the rootfs, never to a host path.
+    The mount point is normally in the container's init layer; one the container
+    removed is made again here.
+    """
+    root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = _resolve_in(root, target, make_dir=os.path.isdir(source))
+        try:
+            syscalls.mount(source, b"/proc/self/fd/%d" % fd, None, MS.MS_BIND | MS.MS_REC, None)
+        finally:
+            os.close(fd)
+        if readonly:  # the new mount, found again the same way
+            fd = _resolve_in(root, target, make_dir=False)
+            try:
+                syscalls.mount(None, b"/proc/self/fd/%d" % fd, None,
+                               MS.MS_BIND | MS.MS_REMOUNT | MS.MS_RDONLY, None)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root)
+
+
+def _resolve_in(root: int, target: bytes, make_dir: bool, depth: int = 0) -> int:
+    """An O_PATH descriptor of ``target`` resolved inside ``root``.  What is missing on
+    the way is made inside ``root`` too (the mount point: a directory or an empty file
+    as ``make_dir`` says; parents: directories), also where a dangling symlink points."""
+    how = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+    flags = os.O_PATH | os.O_CLOEXEC
+    try:
+        return syscalls.openat2(root, target, flags, how)
+    except FileNotFoundError:
+        if depth > 40:  # as the kernel's own limit on symlinks followed
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+    parent, _, name = target.rstrip(b"/").rpartition(b"/")
+    pfd = _resolve_in(root, parent or b"/", True, depth + 1)
+    try:
+        try:
+            link = os.readlink(name, dir_fd=pfd)
+        except OSError:  # nothing there (or not a symlink): make it
+            link = None
+            if make_dir:
+                os.mkdir(name, 0o755, dir_fd=pfd)
+            else:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o644, dir_fd=pfd))
+        if link is not None:  # a dangling symlink: make what it names, inside root
+            here = os.readlink(b"/proc/self/fd/%d" % pfd)
+            top = os.readlink(b"/proc/self/fd/%d" % root)
+            base = here[len(top):] if here.startswith(top) else b"/"
+            dest = os.path.normpath(os.path.join(b"/" + base.lstrip(b"/"), link))
+            os.close(_resolve_in(root, dest, make_dir, depth + 1))
+    finally:
+        os.close(pfd)
+    return syscalls.openat2(root, target, flags, how)
 
 
 def _mask(path: bytes, null: bytes) -> None:

@@ -13,7 +13,7 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
 
 - containers: ``create`` (image, cmd, entrypoint, env, workdir, user, name, hostname,
   labels, memory, cpus, pids_limit, network, read_only, privileged, open_stdin, tty,
-  auto_remove) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
+  auto_remove, ports, network_aliases, binds: ``["/host:/ctr[:ro]", ...]``) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
   ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force)/``pause``/``unpause``
   (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id,
   condition) -> ``{"exit_code"}``; ``ls`` (all) -> list; ``get`` (id) -> inspect dict;
@@ -268,7 +268,7 @@ def _create(engine: Engine, a: _Args) -> str:
         open_stdin=a.get("open_stdin", bool, False), tty=a.get("tty", bool, False),
         auto_remove=a.get("auto_remove", bool, False),
         ports=a.get("ports", (list, tuple), []),
-        network_aliases=a.strings("network_aliases", []))
+        network_aliases=a.strings("network_aliases", []), binds=a.strings("binds", []))
 
 
 @verb("create")

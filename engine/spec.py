@@ -67,6 +67,9 @@ class ContainerSpec:
     #: address lease's path, held by the monitor), ``ip``, ``ports`` (bindings to
     #: publish) and ``files`` ([host path, container path] pairs bind-mounted: hosts...)
     net: dict[str, Any] | None = None
+    #: host paths bind-mounted into the container (``-v SRC:DST[:ro]``):
+    #: ``{"source", "target", "readonly"}``, in order
+    binds: list[dict[str, Any]] = field(default_factory=list)
     readonly: bool = False  # ``--read-only``: the union is mounted read-only
     privileged: bool = False  # ``--privileged``: all capabilities, no seccomp, no masks
 

@@ -61,6 +61,15 @@ TIOCGPTN = 0x80045430  # the number of a pty master's slave
 TIOCSPTLCK = 0x40045431  # lock/unlock a pty's slave (unlockpt)
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_OPENAT2 = 437  # the same on every architecture (Linux 5.6)
+
+# openat2(2)'s resolve flags
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10  # symlinks and ".." resolve as if dirfd were "/" (chroot-like)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 def _check(ret: int, what: str, path: str | bytes | None = None) -> int:
@@ -81,6 +90,15 @@ def mount(source: str | bytes | None, target: str | bytes, fstype: str | bytes |
     """mount(2); raises OSError naming ``target``."""
     ret = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
     _check(ret, "mount", target)
+
+
+def openat2(dirfd: int, path: str | bytes, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open ``path`` relative to ``dirfd`` under the ``resolve`` rules (e.g.
+    :data:`RESOLVE_IN_ROOT`: never outside ``dirfd``, whatever symlinks it meets)."""
+    how = _OpenHow(flags, mode, resolve)
+    return _check(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), _b(path),
+                                ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+                  "openat2", path)
 
 
 def umount2(target: str | bytes, flags: int = 0) -> None:

@@ -52,6 +52,11 @@ def create_args(body: dict[str, Any], name: str | None) -> dict[str, Any]:
     mode = hc.get("NetworkMode") or "default"
     if mode not in ("default", ""):
         args["network"] = mode
+    if hc.get("Mounts"):
+        raise InvalidArgument("--mount is not supported: use -v /host/path:/container/path[:ro]")
+    binds = _strs(hc.get("Binds"), "Binds")
+    if binds:
+        args["binds"] = binds
     ports = port_bindings(hc.get("PortBindings") or {})
     if ports:
         args["ports"] = ports

@@ -298,6 +298,22 @@ def test_resize_refuses_what_is_not_a_terminal_size_and_keeps_working(bridge: Br
         bridge.docker("rm", "-f", cid)
 
 
+def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
+    (tmp_path / "in").write_text("from the host\n")
+    p = bridge.docker("run", "--rm", "-v", f"{tmp_path}:/data", "busybox",
+                      "sh", "-c", "cat /data/in; echo back > /data/out")
+    assert (p.returncode, out(p)) == (0, "from the host\n"), err(p)
+    assert (tmp_path / "out").read_text() == "back\n"
+    cid = ok(bridge.docker("create", "-v", f"{tmp_path}:/data:ro", "busybox", "true")).strip()
+    try:
+        mounts = json.loads(ok(bridge.docker("inspect", "-f", "{{json .Mounts}}", cid)))
+        assert [(m["Source"], m["Destination"], m["RW"]) for m in mounts] == [(str(tmp_path), "/data", False)]
+    finally:
+        bridge.docker("rm", cid)
+    p = bridge.docker("run", "--rm", "--mount", f"type=bind,src={tmp_path},dst=/data", "busybox", "true")
+    assert p.returncode != 0 and "--mount is not supported" in err(p)
+
+
 def test_docker_top(bridge: BridgeProc) -> None:
     cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "sleep 300 & exec sleep 301")).strip()
     try:

@@ -81,6 +81,15 @@ def test_detached_lifecycle(image_root: str) -> None:
     assert cid[:12] not in out(cli(image_root, "ps", "-a", "-q"))
 
 
+def test_volume_with_a_path_relative_to_here(image_root: str, tmp_path) -> None:
+    # as the docker CLI: ./x is the directory x here (the engine takes absolute paths)
+    p = subprocess.run([CHANBOX, "--root", image_root, "run", "--rm", "--network", "none",
+                        "-v", "./shared:/shared", "busybox", "sh", "-c", "echo hi > /shared/f"],
+                       cwd=tmp_path, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "shared" / "f").read_text() == "hi\n"
+
+
 def test_top_lists_the_containers_processes_as_ps_ef(image_root: str) -> None:
     cid = out(cli(image_root, "run", "-d", "-t", "busybox", "sh", "-c", "sleep 300 & exec sleep 301")).strip()
     try:

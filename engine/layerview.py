@@ -1,0 +1,98 @@
+"""The merged view of an image's layers: what overlayfs would show, read from the layers.
+
+A layer holds overlayfs's form of its changes: a character device 0/0 for a deleted
+entry and ``trusted.overlay.opaque=y`` on a directory that hides everything below it.
+Layers are looked at top first; a whiteout or an opaque directory ends the search.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .tarlayer import OPAQUE_XATTR
+
+__all__ = ["LayerView", "entries_of", "is_opaque"]
+
+
+def entries_of(path: str) -> list[os.DirEntry[str]]:
+    """The entries of the directory ``path`` (its scandir closed)."""
+    with os.scandir(path) as it:
+        return list(it)
+
+
+def is_opaque(path: str) -> bool:
+    """Whether the directory ``path`` hides what lower layers have under it."""
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _whiteout(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class LayerView:
+    """The merged view of an image's layers (top-most first), asked one path at a time."""
+
+    def __init__(self, lowers: list[str]) -> None:
+        self.lowers = lowers
+
+    def _layers_for(self, rel: str) -> list[str]:
+        """The layers that can show ``rel``: top first, down to the first one where
+        a parent directory is opaque or deleted."""
+        parts = rel.split("/")
+        seen = []
+        for layer in self.lowers:
+            seen.append(layer)
+            cut = False
+            for i in range(1, len(parts)):
+                parent = os.path.join(layer, *parts[:i])
+                if _whiteout(parent):
+                    seen.pop()  # the parent is deleted here: nothing below shows
+                    return seen
+                if is_opaque(parent):
+                    cut = True
+            if cut:
+                return seen
+        return seen
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """The image's entry ``rel`` (not followed if a symlink), None if it has none."""
+        for layer in self._layers_for(rel):
+            try:
+                st = os.lstat(os.path.join(layer, rel))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                return None  # deleted in this layer
+            return st
+        return None
+
+    def has(self, rel: str) -> bool:
+        """Whether the image has the entry ``rel``."""
+        return self.lstat(rel) is not None
+
+    def names(self, rel: str) -> list[str]:
+        """What the image's directory ``rel`` holds."""
+        names: set[str] = set()
+        gone: set[str] = set()
+        for layer in self._layers_for(rel + "/x"):
+            d = os.path.join(layer, rel)
+            try:
+                entries = entries_of(d)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for e in entries:
+                if e.name in names or e.name in gone:
+                    continue
+                if _whiteout(e.path):
+                    gone.add(e.name)
+                else:
+                    names.add(e.name)
+        return sorted(names)
