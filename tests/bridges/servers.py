@@ -115,6 +115,23 @@ class ZooKeeper(Server):
                      "-Dzookeeper.log.dir=" + self.dir, "-Dzookeeper.root.logger=WARN,CONSOLE",
                      "org.apache.zookeeper.server.quorum.QuorumPeerMain", self.conf])
         wait_port(self.port, self.proc, "zookeeper", timeout=60)
+        self._wait_serving(timeout=60)
+
+    def _wait_serving(self, timeout: float) -> None:
+        # The port opens while the JVM is still setting the server up; a client's
+        # session then times out on a loaded machine.  "ruok" answers "imok" once it serves.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, "zookeeper exited"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                    s.sendall(b"ruok")
+                    if s.recv(16) == b"imok":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"zookeeper did not serve on {self.port} within {timeout} s")
 
 
 class Serf(Server):
