@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import cgroups, failpoints, fsutil, logs, monitor_client
+from .binds import bind_text, parse_bind
 from .containers import Container, ContainerStore
 from .errors import Cancelled, Conflict, EngineError, InvalidArgument, NotFound, NotRunning
 from .images import Image, ImageStore
 from .spec import ContainerSpec, Limits, ProcessSpec
-from .binds import bind_text, parse_bind
 from .timefmt import ago, human_duration, rfc3339
 
 DEFAULT_ROOT = "/var/lib/chanbox"
@@ -603,10 +603,11 @@ class Engine:
         from .changes import changes
 
         c = self.containers.get(ref)
-        lowers = self.images.lowerdirs(self.images.get(c.config["Image"]))
+        image = self.images.get(c.config["Image"])
+        lowers = [os.path.join(self.root, d) for d in self.images.lowerdirs(image)]
         if os.path.isdir(c.path("init")):
             lowers.insert(0, c.path("init"))
-        return changes(c.path("upper"), [os.path.join(self.root, d) for d in lowers])
+        return changes(c.path("upper"), lowers)
 
     def top(self, ref: str) -> dict[str, Any]:
         """The running container's processes as ``ps -ef`` shows them (``docker top``):

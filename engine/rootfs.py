@@ -19,7 +19,7 @@ MS = syscalls
 _NOSUID_NODEV_NOEXEC = MS.MS_NOSUID | MS.MS_NODEV | MS.MS_NOEXEC
 
 # step kinds
-MOUNT, MKDIR, MKNOD, SYMLINK, MASK, READONLY, SYSFS, CHDIR, BINDFILE, BIND = range(10)
+MOUNT, MKDIR, MKNOD, SYMLINK, MASK, READONLY, SYSFS, CHDIR, BIND = range(9)
 
 #: (name, major, minor) of the devices every container gets (mode 0666)
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
@@ -77,7 +77,7 @@ def plan(spec: ContainerSpec) -> list[Step]:
         (SYMLINK, "link /dev/stderr", b"/proc/self/fd/2", p("/dev/stderr")),
     ]
     for src, dst in (spec.net or {}).get("files", ()):
-        steps.append((BINDFILE, f"bind {src} on {dst}", enc(src), p(dst)))
+        steps.append((BIND, f"bind {src} on {dst}", enc(src), enc(r), enc(dst), False))
     for b in spec.binds:
         steps.append((BIND, f"bind-mount {b['source']} on {b['target']}", enc(b["source"]),
                       enc(r), enc(b["target"]), bool(b["readonly"])))
@@ -125,8 +125,6 @@ def apply(steps: list[Step]) -> None:
                 _mask(step[2], step[3])
             elif kind == READONLY:
                 _readonly(step[2])
-            elif kind == BINDFILE:
-                _bind_file(step[2], step[3])
             elif kind == BIND:
                 _bind(step[2], step[3], step[4], step[5])
         except OSError as exc:
@@ -146,23 +144,15 @@ def _mount_sysfs(target: bytes) -> None:
         syscalls.mount(None, target, None, MS.MS_BIND | MS.MS_REMOUNT | flags, None)
 
 
-def _bind_file(src: bytes, target: bytes) -> None:
-    # The container's init layer has the mount point.  Only look: opening it for
-    # writing would copy it up into the writable layer (and so into a commit).
-    if not os.path.lexists(target):  # a spec without an init layer: make one here
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-    syscalls.mount(src, target, None, MS.MS_BIND, None)
-
-
 def _bind(source: bytes, rootfs: bytes, target: bytes, readonly: bool) -> None:
     """Bind-mount the host's ``source`` on ``target`` inside ``rootfs``.
 
     The target is found with openat2's RESOLVE_IN_ROOT and mounted on through its
     /proc/self/fd link (as runc does): a symlink the container left on the way (``/data
     -> ../../..``, ``/data -> /``) resolves inside the rootfs, never to a host path.
-    The mount point is normally in the container's init layer; one the container
-    removed is made again here.
+    The mount point is normally in the container's init layer, and is only looked at
+    (opening it for writing would copy it up into the writable layer, and so into a
+    commit); one the container removed is made again here.
     """
     root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
