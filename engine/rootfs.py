@@ -161,11 +161,17 @@ def _bind(source: bytes, rootfs: bytes, target: bytes, readonly: bool) -> None:
             syscalls.mount(source, b"/proc/self/fd/%d" % fd, None, MS.MS_BIND | MS.MS_REC, None)
         finally:
             os.close(fd)
-        if readonly:  # the new mount, found again the same way
+        if readonly:  # the new mount (and the host's mounts below it), found again
             fd = _resolve_in(root, target, make_dir=False)
             try:
-                syscalls.mount(None, b"/proc/self/fd/%d" % fd, None,
-                               MS.MS_BIND | MS.MS_REMOUNT | MS.MS_RDONLY, None)
+                try:
+                    syscalls.mount_setattr(fd, syscalls.MOUNT_ATTR_RDONLY, recursive=True)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSYS:
+                        raise
+                    # before Linux 5.12: the top mount only
+                    syscalls.mount(None, b"/proc/self/fd/%d" % fd, None,
+                                   MS.MS_BIND | MS.MS_REMOUNT | MS.MS_RDONLY, None)
             finally:
                 os.close(fd)
     finally:

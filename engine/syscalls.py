@@ -62,6 +62,11 @@ TIOCSPTLCK = 0x40045431  # lock/unlock a pty's slave (unlockpt)
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 _SYS_OPENAT2 = 437  # the same on every architecture (Linux 5.6)
+_SYS_MOUNT_SETATTR = 442  # likewise (Linux 5.12)
+
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 
 # openat2(2)'s resolve flags
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -70,6 +75,11 @@ RESOLVE_IN_ROOT = 0x10  # symlinks and ".." resolve as if dirfd were "/" (chroot
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 def _check(ret: int, what: str, path: str | bytes | None = None) -> int:
@@ -99,6 +109,17 @@ def openat2(dirfd: int, path: str | bytes, flags: int, resolve: int, mode: int =
     return _check(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), _b(path),
                                 ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
                   "openat2", path)
+
+
+def mount_setattr(fd: int, attr_set: int, *, recursive: bool = True) -> None:
+    """mount_setattr(2) on the mount whose root ``fd`` is (an O_PATH descriptor): set
+    ``attr_set`` (e.g. :data:`MOUNT_ATTR_RDONLY`) on it and, with ``recursive``, on every
+    mount below it.  Raises OSError (ENOSYS before Linux 5.12)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(fd), b"",
+                         ctypes.c_uint(flags), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr")
 
 
 def umount2(target: str | bytes, flags: int = 0) -> None:

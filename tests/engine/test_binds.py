@@ -70,6 +70,22 @@ def test_read_write_read_only_and_a_single_file(engine: Engine, host_dir: str) -
 
 
 @needs_root
+def test_read_only_reaches_the_mounts_below_the_host_path(engine: Engine, host_dir: str) -> None:
+    import subprocess
+
+    os.makedirs(f"{host_dir}/sub")
+    subprocess.run(["mount", "-t", "tmpfs", "cbx-vol-sub", f"{host_dir}/sub"], check=True)
+    try:
+        code, out = _run(engine, "touch /data/sub/x 2>&1; touch /data/y 2>&1",
+                         binds=[f"{host_dir}:/data:ro"])
+        assert out.count("Read-only file system") == 2, out
+        code, out = _run(engine, "touch /data/sub/x && echo ok", binds=[f"{host_dir}:/data"])
+        assert (code, out) == (0, "ok\n")
+    finally:
+        subprocess.run(["umount", f"{host_dir}/sub"], check=True)
+
+
+@needs_root
 def test_a_missing_host_directory_is_made_and_inspect_shows_the_mounts(engine: Engine,
                                                                       host_dir: str) -> None:
     src = f"{host_dir}/made/by/run"
