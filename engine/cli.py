@@ -504,10 +504,13 @@ def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Only ids.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--no-trunc", is_flag=True, help="Do not shorten ids.")
+@click.option("-f", "--filter", "filters", multiple=True,
+              help="KEY=VALUE: id, name, status, label, ancestor (repeatable).")
 @click.pass_context
-def ps(ctx: click.Context, all_: bool, quiet: bool, fmt: str, no_trunc: bool) -> None:
+def ps(ctx: click.Context, all_: bool, quiet: bool, fmt: str, no_trunc: bool,
+       filters: tuple[str, ...]) -> None:
     """List containers."""
-    rows = _call(ctx, "ls", all=all_)
+    rows = _call(ctx, "ls", all=all_, filters=list(filters))
     if quiet:
         for r in rows:
             click.echo(r["Id"] if no_trunc else r["Id"][:12])

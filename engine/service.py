@@ -16,7 +16,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   auto_remove, ports, network_aliases, binds: ``["/host:/ctr[:ro]", ...]``) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
   ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force)/``pause``/``unpause``
   (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id,
-  condition) -> ``{"exit_code"}``; ``ls`` (all) -> list; ``get`` (id) -> inspect dict;
+  condition) -> ``{"exit_code"}``; ``ls`` (all, filters: ``["status=exited", ...]``:
+  id, name, status, label, ancestor) -> list; ``get`` (id) -> inspect dict;
   ``log`` (id, follow, tail, batch) -> stream of ``{"stream", "log", "time"}`` (with
   ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
   (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``
@@ -342,7 +343,14 @@ def _v_top(engine: Engine, a: _Args, ret: Any) -> Any:
 
 @verb("ls")
 def _v_ls(engine: Engine, a: _Args, ret: Any) -> Any:
-    return engine.ps(all=a.get("all", bool, False))
+    filters = a.strings("filters", [])
+    # as Docker: a status filter looks at every container, -a or not
+    rows = engine.ps(all=a.get("all", bool, False) or any(f.startswith("status=") for f in filters))
+    if filters:
+        from .filters import filter_containers, parse_filter_args
+
+        rows = filter_containers(rows, parse_filter_args(filters))
+    return rows
 
 
 @verb("get")

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import errors
+from engine.filters import filter_containers
 
 from . import mux, shapes
 from .server import bridge_of, body_json, flag, json_ok
@@ -153,7 +154,7 @@ def _full_ref(ref: str) -> str:
 async def list_(request: web.Request) -> web.StreamResponse:
     """``GET /containers/json?all=&filters=&limit=``."""
     items = await bridge_of(request).client.call("ls", all=flag(request, "all"))
-    out = shapes.filter_containers([shapes.container_summary(c) for c in items],
+    out = filter_containers([shapes.container_summary(c) for c in items],
                                    shapes.parse_filters(request.query.get("filters")))
     limit = int(request.query.get("limit") or -1)
     return json_ok(out[:limit] if limit > 0 else out)

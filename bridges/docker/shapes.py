@@ -157,36 +157,6 @@ def _summary_ports(ports: Any) -> list[dict[str, Any]]:
     return out
 
 
-def filter_containers(items: list[dict[str, Any]], filters: dict[str, list[str]]
-                      ) -> list[dict[str, Any]]:
-    """``docker ps --filter``: id, name, status, label, ancestor (others are refused)."""
-    known = {"id", "name", "status", "label", "ancestor"}
-    unknown = set(filters) - known
-    if unknown:
-        raise InvalidArgument(f"invalid filter {sorted(unknown)[0]!r}; this bridge knows "
-                              f"{', '.join(sorted(known))}")
-
-    def keep(c: dict[str, Any]) -> bool:
-        for key, values in filters.items():
-            if key == "id" and not any(c["Id"].startswith(v) for v in values):
-                return False
-            if key == "name" and not any(v.lstrip("/") in n.lstrip("/")
-                                         for v in values for n in c["Names"]):
-                return False
-            if key == "status" and c["State"] not in values:
-                return False
-            if key == "ancestor" and not any(v in (c["Image"], c["ImageID"]) for v in values):
-                return False
-            if key == "label":
-                for v in values:
-                    k, eq, val = v.partition("=")
-                    if k not in c["Labels"] or (eq and c["Labels"][k] != val):
-                        return False
-        return True
-
-    return [c for c in items if keep(c)]
-
-
 def parse_filters(raw: str | None) -> dict[str, list[str]]:
     """The ``filters`` query parameter (JSON map of lists, or of ``{value: true}``)."""
     if not raw:

@@ -61,7 +61,8 @@ def test_container_filters() -> None:
               "ImageID": "sha256:1", "Labels": {"app": "x"}},
              {"Id": "def", "Names": ["/db"], "State": "exited", "Image": "other",
               "ImageID": "sha256:2", "Labels": {}}]
-    pick = shapes.filter_containers
+    from engine.filters import filter_containers as pick
+
     assert [c["Id"] for c in pick(items, shapes.parse_filters('{"name":["web"]}'))] == ["abc"]
     assert [c["Id"] for c in pick(items, shapes.parse_filters('{"status":{"exited":true}}'))] == ["def"]
     assert [c["Id"] for c in pick(items, {"label": ["app=x"]})] == ["abc"]

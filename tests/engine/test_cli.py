@@ -135,6 +135,29 @@ def test_diff_lists_what_the_container_changed(image_root: str) -> None:
         cli(image_root, "rm", "-f", cid)
 
 
+def test_ps_filters(image_root: str) -> None:
+    up = out(cli(image_root, "run", "-d", "--network", "none", "-l", "cbx-role=web", "--name",
+                 "cbx-f-up", "busybox", "sleep", "30")).strip()
+    done = out(cli(image_root, "run", "-d", "--network", "none", "--name", "cbx-f-done",
+                   "busybox", "true")).strip()
+    try:
+        cli(image_root, "wait", done)
+
+        def ids(*args: str) -> set[str]:
+            return set(out(cli(image_root, "ps", "-q", "--no-trunc", *args)).split())
+
+        assert done in ids("-f", "status=exited") and up not in ids("-f", "status=exited")
+        assert ids("-f", "label=cbx-role=web") == {up}
+        assert ids("-a", "-f", "name=cbx-f-", "-f", "status=running") == {up}
+        assert ids("-a", "-f", f"id={done[:10]}") == {done}
+        p = cli(image_root, "ps", "-f", "volume=x")
+        assert p.returncode == 125 and "invalid filter 'volume'" in p.stderr.decode()
+        p = cli(image_root, "ps", "-f", "status")
+        assert p.returncode == 125 and "use KEY=VALUE" in p.stderr.decode()
+    finally:
+        cli(image_root, "rm", "-f", up, done)
+
+
 def test_images_history_tag_rmi(image_root: str) -> None:
     assert "busybox" in out(cli(image_root, "images"))
     assert cli(image_root, "tag", "busybox", "cbx-copy:v1").returncode == 0
