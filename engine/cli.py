@@ -725,6 +725,25 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
 
 @main.command()
 @click.argument("container")
+@click.argument("port", required=False)
+@click.pass_context
+def port(ctx: click.Context, container: str, port: str | None) -> None:
+    """Show a running container's published ports (or where one PORT[/PROTO] is)."""
+    published = _call(ctx, "get", id=container)["NetworkSettings"]["Ports"]
+    if port is not None:
+        key = port if "/" in port else f"{port}/tcp"
+        if not published.get(key):
+            _die(f"no public port '{key}' published for {container}", 1)
+        for b in published[key]:
+            click.echo(f"{b['HostIp']}:{b['HostPort']}")
+        return
+    for key, bindings in sorted(published.items(), key=lambda kv: int(kv[0].split("/")[0])):
+        for b in bindings or []:
+            click.echo(f"{key} -> {b['HostIp']}:{b['HostPort']}")
+
+
+@main.command()
+@click.argument("container")
 @click.pass_context
 def top(ctx: click.Context, container: str) -> None:
     """Show a running container's processes (ps -ef's columns, the host's PIDs)."""

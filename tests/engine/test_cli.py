@@ -158,6 +158,21 @@ def test_ps_filters(image_root: str) -> None:
         cli(image_root, "rm", "-f", up, done)
 
 
+def test_port_shows_where_published_ports_are(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "-p", "127.0.0.1::8000", "-p", "127.0.0.1::53/udp",
+                  "busybox", "sleep", "30")).strip()
+    try:
+        ports = json.loads(out(cli(image_root, "inspect", cid)))[0]["NetworkSettings"]["Ports"]
+        tcp, udp = ports["8000/tcp"][0]["HostPort"], ports["53/udp"][0]["HostPort"]
+        assert out(cli(image_root, "port", cid)).splitlines() == [
+            f"53/udp -> 127.0.0.1:{udp}", f"8000/tcp -> 127.0.0.1:{tcp}"]
+        assert out(cli(image_root, "port", cid, "8000")) == f"127.0.0.1:{tcp}\n"
+        p = cli(image_root, "port", cid, "9/tcp")
+        assert p.returncode == 1 and "no public port '9/tcp'" in p.stderr.decode()
+    finally:
+        cli(image_root, "rm", "-f", cid)
+
+
 def test_images_history_tag_rmi(image_root: str) -> None:
     assert "busybox" in out(cli(image_root, "images"))
     assert cli(image_root, "tag", "busybox", "cbx-copy:v1").returncode == 0
