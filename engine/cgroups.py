@@ -318,6 +318,44 @@ def is_frozen(paths: list[str]) -> bool:
     return fz is not None and _is_frozen(*fz)
 
 
+def usage(paths: list[str]) -> dict[str, int | None]:
+    """What the container's cgroups count now: ``cpu_ns`` (CPU time used),
+    ``memory`` and ``memory_limit`` (bytes; None: no limit set), ``inactive_file`` (page
+    cache the kernel can drop, which ``docker stats`` leaves out), ``pids``.  A count no
+    hierarchy offers is None."""
+    out: dict[str, int | None] = {"cpu_ns": None, "memory": None, "memory_limit": None,
+                                  "inactive_file": None, "pids": None}
+
+    def first(d: str, *names: str) -> str | None:
+        for name in names:
+            try:
+                return _read(d, name)
+            except (FileNotFoundError, PermissionError):
+                continue
+        return None
+
+    for d in paths:
+        if (text := first(d, "cpuacct.usage")) is not None:
+            out["cpu_ns"] = int(text)
+        elif (text := first(d, "cpu.stat")) is not None:
+            for line in text.splitlines():
+                if line.startswith("usage_usec "):
+                    out["cpu_ns"] = int(line.split()[1]) * 1000
+        if (text := first(d, "memory.usage_in_bytes", "memory.current")) is not None:
+            out["memory"] = int(text)
+            limit = (first(d, "memory.limit_in_bytes", "memory.max") or "max").strip()
+            # v1 says "no limit" with the largest page-aligned number
+            out["memory_limit"] = None if limit == "max" or int(limit) >= 1 << 62 else int(limit)
+            for line in (first(d, "memory.stat") or "").splitlines():
+                key, _, value = line.partition(" ")
+                if key in ("total_inactive_file", "inactive_file"):
+                    out["inactive_file"] = int(value)
+                    break
+        if (text := first(d, "pids.current")) is not None:
+            out["pids"] = int(text)
+    return out
+
+
 def oom_killed(paths: list[str]) -> bool:
     """Whether the kernel's OOM killer killed a process of the container."""
     for d in paths:

@@ -724,6 +724,54 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
 
 
 @main.command()
+@click.option("--no-stream", is_flag=True, help="One table, then exit.")
+@click.argument("containers", nargs=-1)
+@click.pass_context
+def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool) -> None:
+    """Show running containers' CPU, memory, network and process counts (all running
+    ones when none is named); a new table every second until interrupted."""
+    import time
+
+    from .errors import EngineError
+    from .stats import cpu_percent, memory_use
+
+    client = _client(ctx)
+    ids = list(containers) or [r["Id"] for r in _call(ctx, "ls")]
+    try:
+        readings = {i: client.call("stats", id=i) for i in ids}
+        while True:
+            time.sleep(0.5 if no_stream else 1.0)
+            readings = {i: client.call("stats", id=i, previous=r) for i, r in readings.items()}
+            rows = []
+            for r in readings.values():
+                mem, limit = memory_use(r), r["memory_stats"]["limit"]
+                rx = sum(n["rx_bytes"] for n in r["networks"].values())
+                tx = sum(n["tx_bytes"] for n in r["networks"].values())
+                rows.append([r["id"][:12], r["name"].lstrip("/"), f"{cpu_percent(r):.2f}%",
+                             f"{_bsize(mem)} / {_bsize(limit)}", f"{mem / limit * 100:.2f}%",
+                             f"{_size(rx)} / {_size(tx)}", str(r["pids_stats"]["current"])])
+            if not no_stream and sys.stdout.isatty():
+                click.echo("\x1b[2J\x1b[H", nl=False)
+            _table(rows, ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %",
+                          "NET I/O", "PIDS"])
+            if no_stream:
+                return
+    except EngineError as exc:
+        _die(str(exc), exc.exit_status)
+    except KeyboardInterrupt:
+        pass
+
+
+def _bsize(n: float) -> str:
+    """Bytes in binary units, as docker stats shows memory (``12.5MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
+
+
+@main.command()
 @click.argument("container")
 @click.argument("port", required=False)
 @click.pass_context

@@ -617,6 +617,21 @@ class Engine:
         c = self._running(ref)
         return table(cgroups.procs(c.cgroups))
 
+    def stats(self, ref: str, *, interval: float = 0.0,
+              previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One reading of the running container's resource use, in the Docker API's
+        stats shape.  With ``interval``, two readings that far apart (the second is
+        returned, the first as its ``precpu_stats``); else ``previous`` is the earlier."""
+        from .stats import sample
+
+        c = self._running(ref)
+        pid = (c.monitor or {}).get("pid", 0)
+        first = sample(c.id, c.name, c.cgroups, pid, previous)
+        if interval <= 0:
+            return first
+        time.sleep(min(interval, 10.0))
+        return sample(c.id, c.name, c.cgroups, pid, first)
+
     # -- containers: I/O ---------------------------------------------------------------
 
     def logs(self, ref: str, *, follow: bool = False, tail: int | None = None,

@@ -25,7 +25,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
   ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``; ``changes`` (id) ->
   list of ``{"Path", "Kind"}`` (0 changed, 1 added, 2 deleted: ``docker diff``);
-  ``top`` (id) -> ``{"Titles", "Processes"}`` (``ps -ef``'s columns, host PIDs).
+  ``top`` (id) -> ``{"Titles", "Processes"}`` (``ps -ef``'s columns, host PIDs);
+  ``stats`` (id, interval or previous) -> the Docker API's stats shape (``docker stats``).
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
   -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host).
@@ -74,7 +75,7 @@ STREAMED = object()
 # Verbs that may wait for a long time (on a container, on a client that reads slowly)
 # get a thread of their own; the others share a pool, so a burst of quick requests does
 # not pay a thread start each.
-_LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start",
+_LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start", "stats",
                          "spawn", "commit", "import", "bootstrap", "rm", "load", "save",
                          "pull", "push"})
 
@@ -339,6 +340,12 @@ def _v_changes(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("top")
 def _v_top(engine: Engine, a: _Args, ret: Any) -> Any:
     return engine.top(a.id())
+
+
+@verb("stats")
+def _v_stats(engine: Engine, a: _Args, ret: Any) -> Any:
+    previous = a.get("previous", dict)
+    return engine.stats(a.id(), interval=a.get("interval", (int, float), 0.0), previous=previous)
 
 
 @verb("ls")

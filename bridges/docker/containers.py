@@ -440,6 +440,33 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
     return _Stream(None, resp)
 
 
+async def stats(request: web.Request) -> web.StreamResponse:
+    """``GET /containers/ID/stats?stream=&one-shot=``: a reading a second while the
+    container runs, or one (two readings half a second apart, so that ``docker stats
+    --no-stream`` has a CPU figure; ``one-shot``: a single reading)."""
+    client = bridge_of(request).client
+    cid = request.match_info["id"]
+    if not flag(request, "stream", True):
+        interval = 0.0 if flag(request, "one-shot") else 0.5
+        return json_ok(await client.call("stats", id=cid, interval=interval))
+    first = await client.call("stats", id=cid)  # a missing container is a plain 404
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    previous = first
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                previous = await client.call("stats", id=cid, previous=previous)
+            except errors.EngineError:
+                break  # it stopped (or went away): the stream ends, as Docker's does
+            await resp.write(json.dumps(previous).encode() + b"\n")
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the client stopped reading
+    return resp
+
+
 async def top(request: web.Request) -> web.StreamResponse:
     """``GET /containers/ID/top``: ``docker top`` (``ps -ef``'s columns; other
     ``ps_args`` are refused, the engine does not run the host's ps)."""
@@ -480,6 +507,7 @@ ROUTES = [
     ("POST", "/containers/{id}/resize", resize),
     ("GET", "/containers/{id}/changes", changes),
     ("GET", "/containers/{id}/top", top),
+    ("GET", "/containers/{id}/stats", stats),
     ("GET", "/containers/{id}/logs", logs),
     ("DELETE", "/containers/{id}", remove),
 ]

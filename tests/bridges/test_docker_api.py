@@ -314,6 +314,21 @@ def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
     assert p.returncode != 0 and "--mount is not supported" in err(p)
 
 
+def test_docker_stats(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "-m", "64m", "busybox", "sh", "-c",
+                           "while :; do :; done & sleep 30")).strip()
+    try:
+        lines = ok(bridge.docker("stats", "--no-stream", "--no-trunc", cid)).splitlines()
+        assert lines[0].split()[:2] == ["CONTAINER", "ID"]
+        row = lines[1].split()
+        assert row[0] == cid and "64MiB" in lines[1], lines
+        assert float(row[2].rstrip("%")) > 20, lines  # docker computes it from two readings
+        p = bridge.docker("stats", "--no-stream", "cbx-no-such-container")
+        assert p.returncode != 0
+    finally:
+        bridge.docker("rm", "-f", cid)
+
+
 def test_docker_top(bridge: BridgeProc) -> None:
     cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "sleep 300 & exec sleep 301")).strip()
     try:

@@ -158,6 +158,37 @@ def test_ps_filters(image_root: str) -> None:
         cli(image_root, "rm", "-f", up, done)
 
 
+def test_stats_shows_cpu_memory_and_pids(image_root: str) -> None:
+    busy = out(cli(image_root, "run", "-d", "-m", "64m", "--network", "none", "--name", "cbx-busy",
+                   "busybox", "sh", "-c", "while :; do :; done & sleep 30")).strip()
+    try:
+        lines = out(cli(image_root, "stats", "--no-stream", busy)).splitlines()
+        assert re.split(r"\s{2,}", lines[0]) == ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT",
+                                                 "MEM %", "NET I/O", "PIDS"]
+        row = re.split(r"\s{2,}", lines[1])
+        assert row[:2] == [busy[:12], "cbx-busy"]
+        assert float(row[2].rstrip("%")) > 20, row  # the loop takes most of a CPU
+        assert row[3].endswith(" / 64MiB") and row[6] in ("2", "3"), row
+        cli(image_root, "kill", busy)
+        p = cli(image_root, "stats", "--no-stream", busy)
+        assert p.returncode == 125 and "is not running" in p.stderr.decode()
+    finally:
+        cli(image_root, "rm", "-f", busy)
+
+
+def test_stats_percentages_as_docker_computes_them() -> None:
+    from engine.stats import cpu_percent, memory_use
+
+    reading = {"cpu_stats": {"cpu_usage": {"total_usage": 3_000}, "system_cpu_usage": 20_000,
+                             "online_cpus": 2},
+               "precpu_stats": {"cpu_usage": {"total_usage": 1_000}, "system_cpu_usage": 10_000},
+               "memory_stats": {"usage": 5_000, "stats": {"inactive_file": 1_000}}}
+    assert cpu_percent(reading) == 40.0  # 2000 of 10000 system ns, on 2 CPUs
+    assert memory_use(reading) == 4_000
+    reading["precpu_stats"]["system_cpu_usage"] = 0  # no earlier reading: no figure
+    assert cpu_percent(reading) == 0.0
+
+
 def test_port_shows_where_published_ports_are(image_root: str) -> None:
     cid = out(cli(image_root, "run", "-d", "-p", "127.0.0.1::8000", "-p", "127.0.0.1::53/udp",
                   "busybox", "sleep", "30")).strip()
