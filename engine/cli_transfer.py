@@ -52,6 +52,21 @@ def save(ctx: click.Context, output: str | None, fmt: str, images: tuple[str, ..
         _streamed(ctx, "save", _receive_stdout, refs=list(images), format=fmt)
 
 
+@main.command()
+@click.option("-o", "--output", help="The tar to write; without it, stdout.")
+@click.argument("container")
+@click.pass_context
+def export(ctx: click.Context, output: str | None, container: str) -> None:
+    """Write a container's filesystem as a tar (import makes an image of it again)."""
+    if output is not None:
+        _call(ctx, "export", id=container, path=os.path.abspath(output))
+    elif sys.stdout.isatty():
+        _die("cowardly refusing to write a tar to a terminal: give -o FILE or pipe the "
+             "output (chanbox export CONTAINER > rootfs.tar)")
+    else:
+        _streamed(ctx, "export", _receive_stdout, id=container)
+
+
 def _streamed(ctx: click.Context, verb: str, pump: Any, **args: Any) -> Any:
     """Call ``verb`` with a byte stream for the archive, which ``pump(our_end)`` feeds
     or drains meanwhile; the verb's answer."""

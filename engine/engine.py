@@ -609,6 +609,18 @@ class Engine:
             lowers.insert(0, c.path("init"))
         return changes(c.path("upper"), lowers)
 
+    def export(self, ref: str, out: Any) -> None:
+        """Write the container's filesystem (its writable layer over its image) to the
+        binary file ``out`` as a tar (``docker export``)."""
+        from .export import export_tar
+
+        c = self.containers.get(ref)
+        image = self.images.get(c.config["Image"])
+        layers = [c.path("upper")] + [os.path.join(self.root, d)
+                                      for d in self.images.lowerdirs(image)]
+        export_tar(layers, out)
+        self._container_event("export", c)
+
     def top(self, ref: str) -> dict[str, Any]:
         """The running container's processes as ``ps -ef`` shows them (``docker top``):
         ``{"Titles": [...], "Processes": [[...], ...]}`` with the host's PIDs."""

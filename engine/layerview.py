@@ -62,17 +62,24 @@ class LayerView:
                 return seen
         return seen
 
-    def lstat(self, rel: str) -> os.stat_result | None:
-        """The image's entry ``rel`` (not followed if a symlink), None if it has none."""
+    def locate(self, rel: str) -> tuple[str, os.stat_result] | None:
+        """Where the entry ``rel`` shows from (the top-most layer's path) and its lstat;
+        None if the merged tree has no such entry."""
         for layer in self._layers_for(rel):
+            path = os.path.join(layer, rel)
             try:
-                st = os.lstat(os.path.join(layer, rel))
+                st = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 return None  # deleted in this layer
-            return st
+            return path, st
         return None
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """The image's entry ``rel`` (not followed if a symlink), None if it has none."""
+        found = self.locate(rel)
+        return found[1] if found is not None else None
 
     def has(self, rel: str) -> bool:
         """Whether the image has the entry ``rel``."""
@@ -82,7 +89,7 @@ class LayerView:
         """What the image's directory ``rel`` holds."""
         names: set[str] = set()
         gone: set[str] = set()
-        for layer in self._layers_for(rel + "/x"):
+        for layer in (self._layers_for(rel + "/x") if rel else self.lowers):
             d = os.path.join(layer, rel)
             try:
                 entries = entries_of(d)

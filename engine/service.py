@@ -77,7 +77,7 @@ STREAMED = object()
 # not pay a thread start each.
 _LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start", "stats",
                          "spawn", "commit", "import", "bootstrap", "rm", "load", "save",
-                         "pull", "push"})
+                         "pull", "push", "export"})
 
 
 class _Workers:

@@ -1,10 +1,13 @@
-"""Image transfer verbs: ``load``, ``save``, ``pull``, ``push``.
+"""Transfer verbs: ``load``, ``save``, ``pull``, ``push`` (images), ``export``
+(a container's filesystem).
 
 - ``load`` (path, or stream) -> ``{"images": [name:tag or image id, ...]}``: a
   docker-save tarball or an OCI image layout (directory or tar) on the engine's host,
   or a tarball read from the ByteStream ``stream`` (``chanbox load < x.tar``).
 - ``save`` (refs, path or stream, format ``docker``|``oci``) -> ``{}``: with ``stream``
   (a ByteStream) the tarball is written there (``chanbox save img | gzip``).
+- ``export`` (id, path or stream) -> ``{}``: the container's filesystem as a tar, written
+  to ``path`` on the engine's host or into the ByteStream ``stream``.
 - ``pull`` (ref, insecure) and ``push`` (ref, insecure) -> a stream of progress messages
   ``{"layer", "status", "current", "total"}``, then ``{"id", "ref"}`` (push adds the
   manifest's ``digest``).
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any
@@ -84,6 +88,25 @@ def _v_save(engine: Engine, a: _Args, ret: Any) -> Any:
             fsutil.remove_tree(stage)
     for name in names:
         engine._image_event("save", engine.images.get(name).id, name)
+    return {}
+
+
+@verb("export")
+def _v_export(engine: Engine, a: _Args, ret: Any) -> Any:
+    path, stream = _path_or_stream(a)
+    if stream is not None:
+        engine.export(a.id(), stream)  # (service.handle closes the stream)
+        return {}
+    # written beside the target and renamed in: a failed export leaves no half tar there
+    partial = f"{path}.cbx-partial-{os.getpid()}"
+    try:
+        with open(partial, "wb") as f:
+            engine.export(a.id(), f)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
     return {}
 
 

@@ -36,7 +36,8 @@ from typing import IO, BinaryIO
 
 from engine.errors import InvalidArgument
 
-__all__ = ["apply_tar", "diff_tar", "WHITEOUT_PREFIX", "OPAQUE_MARKER", "OPAQUE_XATTR"]
+__all__ = ["apply_tar", "diff_tar", "tar_info", "xattrs_of", "WHITEOUT_PREFIX", "OPAQUE_MARKER",
+           "OPAQUE_XATTR"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -754,7 +755,9 @@ def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False) -> t
     return f"sha256:{source.hexdigest()}", ex.size
 
 
-def _tarinfo(name: str, st: os.stat_result) -> tarfile.TarInfo:
+def tar_info(name: str, st: os.stat_result) -> tarfile.TarInfo:
+    """A tar header for ``name`` with ``st``'s mode, numeric owner and whole-second
+    mtime (no user or group names: the same tree always gives the same bytes)."""
     ti = tarfile.TarInfo(name)
     ti.mode = stat.S_IMODE(st.st_mode)
     ti.uid, ti.gid = st.st_uid, st.st_gid
@@ -763,7 +766,8 @@ def _tarinfo(name: str, st: os.stat_result) -> tarfile.TarInfo:
     return ti
 
 
-def _xattrs(path: str) -> dict[str, str]:
+def xattrs_of(path: str) -> dict[str, str]:
+    """The xattrs of ``path`` that layers carry, as pax ``SCHILY.xattr.*`` headers."""
     out: dict[str, str] = {}
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -808,10 +812,10 @@ def diff_tar(diffdir: str, out: IO[bytes]) -> tuple[str, int]:
             mode = st.st_mode
             if stat.S_ISCHR(mode) and st.st_rdev == 0:
                 head, _, base = name.rpartition("/")
-                tar.addfile(_tarinfo(f"{head}/{WHITEOUT_PREFIX}{base}" if head else WHITEOUT_PREFIX + base, st))
+                tar.addfile(tar_info(f"{head}/{WHITEOUT_PREFIX}{base}" if head else WHITEOUT_PREFIX + base, st))
                 continue
-            ti = _tarinfo(name, st)
-            ti.pax_headers = _xattrs(e.path)
+            ti = tar_info(name, st)
+            ti.pax_headers = xattrs_of(e.path)
             if stat.S_ISDIR(mode):
                 ti.type = tarfile.DIRTYPE
                 tar.addfile(ti)
@@ -819,7 +823,7 @@ def diff_tar(diffdir: str, out: IO[bytes]) -> tuple[str, int]:
                 with contextlib.suppress(OSError):
                     opaque = os.getxattr(e.path, OPAQUE_XATTR, follow_symlinks=False)
                 if opaque == b"y":
-                    marker = _tarinfo(f"{name}/{OPAQUE_MARKER}", st)
+                    marker = tar_info(f"{name}/{OPAQUE_MARKER}", st)
                     marker.mode = 0
                     tar.addfile(marker)
                 stack.append(_sorted_entries(e.path, name))

@@ -16,7 +16,10 @@ Two things the docker CLI's ``run`` needs that the engine's verbs do not give di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -440,6 +443,25 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
     return _Stream(None, resp)
 
 
+async def export(request: web.Request) -> web.StreamResponse:
+    """``GET /containers/ID/export``: the container's filesystem as a tar."""
+    tmp = tempfile.mkdtemp(prefix="cbx-export-")
+    path = os.path.join(tmp, "rootfs.tar")
+    try:
+        await bridge_of(request).client.call("export", id=request.match_info["id"], path=path)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+        await resp.prepare(request)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.rmdir(tmp)
+
+
 async def stats(request: web.Request) -> web.StreamResponse:
     """``GET /containers/ID/stats?stream=&one-shot=``: a reading a second while the
     container runs, or one (two readings half a second apart, so that ``docker stats
@@ -508,6 +530,7 @@ ROUTES = [
     ("GET", "/containers/{id}/changes", changes),
     ("GET", "/containers/{id}/top", top),
     ("GET", "/containers/{id}/stats", stats),
+    ("GET", "/containers/{id}/export", export),
     ("GET", "/containers/{id}/logs", logs),
     ("DELETE", "/containers/{id}", remove),
 ]

@@ -314,6 +314,19 @@ def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
     assert p.returncode != 0 and "--mount is not supported" in err(p)
 
 
+def test_docker_export(bridge: BridgeProc, tmp_path) -> None:
+    cid = ok(bridge.docker("create", "busybox", "true")).strip()
+    try:
+        p = bridge.docker("export", "-o", str(tmp_path / "rootfs.tar"), cid)
+        assert p.returncode == 0, err(p)
+        import tarfile
+
+        with tarfile.open(tmp_path / "rootfs.tar") as t:
+            assert "bin/busybox" in t.getnames()
+    finally:
+        bridge.docker("rm", cid)
+
+
 def test_docker_stats(bridge: BridgeProc) -> None:
     cid = ok(bridge.docker("run", "-d", "-m", "64m", "busybox", "sh", "-c",
                            "while :; do :; done & sleep 30")).strip()
