@@ -1028,5 +1028,5 @@ def generate(name: str) -> None:
 
 
 # More commands, each family in its own module (they import only click at load time).
-from . import cli_network, cli_transfer  # noqa: E402,F401  (registers network, load/save/pull/push)
+from . import cli_network, cli_prune, cli_transfer  # noqa: E402,F401  (network, prune, load/save/...)
 from bridges import cli as _bridges_cli  # noqa: E402,F401  (registers bridge, hosts)

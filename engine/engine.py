@@ -157,6 +157,25 @@ class Engine:
                 self._image_event("delete", name)
         return lines
 
+    def prune_images(self, *, all_images: bool = False) -> list[str]:
+        """Remove the images no container uses: untagged ones (``docker image prune``),
+        or with ``all_images`` every one (``-a``).  A parent of an image that stays
+        stays too.  Returns ``rmi``'s lines."""
+        lines: list[str] = []
+        progress = True
+        while progress:  # a child goes first; its parent may go on the next round
+            progress = False
+            used = {c.config["Image"] for c in self.containers.list()}
+            for img in self.images.list():
+                if img.id in used or (img.tags and not all_images):
+                    continue
+                try:
+                    lines += self.rmi(img.id, force=bool(img.tags))
+                    progress = True
+                except (Conflict, NotFound):
+                    continue  # the parent of an image that stays, or gone meanwhile
+        return lines
+
     # -- containers: making ------------------------------------------------------------
 
     def create(self, image: str, cmd: list[str] | None = None, *,
@@ -552,6 +571,20 @@ class Engine:
             attach.release(attach.load_settings(c.dir))
         if self.containers.delete(c):  # (not when a concurrent rm got there first)
             self._container_event("destroy", c)
+
+    def prune_containers(self) -> list[str]:
+        """Remove every container that is not running or paused (``docker container
+        prune``); their ids."""
+        gone = []
+        for c in self.containers.list():
+            if self.status(c) in ("running", "paused"):
+                continue
+            try:
+                self.rm(c.id, force=True)  # (force: a dead one)
+            except NotFound:
+                continue  # removed meanwhile
+            gone.append(c.id)
+        return gone
 
     def pause(self, ref: str) -> None:
         """Freeze every process of the container (cgroup freezer)."""

@@ -26,10 +26,13 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   ``commit`` (id, ref, comment, author, changes) -> ``{"id"}``; ``changes`` (id) ->
   list of ``{"Path", "Kind"}`` (0 changed, 1 added, 2 deleted: ``docker diff``);
   ``top`` (id) -> ``{"Titles", "Processes"}`` (``ps -ef``'s columns, host PIDs);
-  ``stats`` (id, interval or previous) -> the Docker API's stats shape (``docker stats``).
+  ``stats`` (id, interval or previous) -> the Docker API's stats shape (``docker stats``);
+  ``container_prune`` -> ``{"deleted": [ids]}`` (every container not running).
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
-  -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host).
+  -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host);
+  ``image_prune`` (all) -> ``{"lines"}``: rmi's lines for the images no container uses
+  (untagged ones; with ``all`` every one).
 - events: ``watch`` (since, filters, follow) -> stream of events
   ``{"seq", "type", "action", "id", "name", "image", "time", "attributes"}``; without
   ``since`` from now on; with it, every event after that number the journal still holds.
@@ -77,7 +80,7 @@ STREAMED = object()
 # not pay a thread start each.
 _LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start", "stats",
                          "spawn", "commit", "import", "bootstrap", "rm", "load", "save",
-                         "pull", "push", "export"})
+                         "pull", "push", "export", "container_prune", "image_prune"})
 
 
 class _Workers:
@@ -335,6 +338,16 @@ def _v_unpause(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("changes")
 def _v_changes(engine: Engine, a: _Args, ret: Any) -> Any:
     return engine.changes(a.id())
+
+
+@verb("container_prune")
+def _v_container_prune(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"deleted": engine.prune_containers()}
+
+
+@verb("image_prune")
+def _v_image_prune(engine: Engine, a: _Args, ret: Any) -> Any:
+    return {"lines": engine.prune_images(all_images=a.get("all", bool, False))}
 
 
 @verb("top")

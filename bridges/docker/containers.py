@@ -443,6 +443,14 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
     return _Stream(None, resp)
 
 
+async def prune(request: web.Request) -> web.StreamResponse:
+    """``POST /containers/prune``: remove every container that is not running."""
+    if shapes.parse_filters(request.query.get("filters")):
+        raise errors.InvalidArgument("container prune takes no filters here")
+    deleted = (await bridge_of(request).client.call("container_prune"))["deleted"]
+    return json_ok({"ContainersDeleted": deleted or None, "SpaceReclaimed": 0})
+
+
 async def export(request: web.Request) -> web.StreamResponse:
     """``GET /containers/ID/export``: the container's filesystem as a tar."""
     tmp = tempfile.mkdtemp(prefix="cbx-export-")
@@ -531,6 +539,7 @@ ROUTES = [
     ("GET", "/containers/{id}/top", top),
     ("GET", "/containers/{id}/stats", stats),
     ("GET", "/containers/{id}/export", export),
+    ("POST", "/containers/prune", prune),
     ("GET", "/containers/{id}/logs", logs),
     ("DELETE", "/containers/{id}", remove),
 ]

@@ -60,11 +60,28 @@ async def remove(request: web.Request) -> web.StreamResponse:
         lines = await bridge_of(request).client.call("rmi", ref=ref, force=flag(request, "force"))
     except errors.NotFound:
         raise errors.NotFound(f"No such image: {ref}") from None
+    return json_ok(_rmi_shape(lines))
+
+
+def _rmi_shape(lines: list) -> list[dict[str, str]]:
+    """rmi's lines (``Untagged: x``, ``Deleted: sha256:...``) as Docker's list of maps."""
     out = []
     for line in lines:
         what, _, name = str(line).partition(": ")
         out.append({what: name})
-    return json_ok(out)
+    return out
+
+
+async def prune(request: web.Request) -> web.StreamResponse:
+    """``POST /images/prune?filters={"dangling":["false"]}``: the images no container
+    uses, untagged ones (``dangling=false``, as ``docker image prune -a`` sends: all)."""
+    filters = shapes.parse_filters(request.query.get("filters"))
+    unknown = set(filters) - {"dangling"}
+    if unknown:
+        raise errors.InvalidArgument(f"image prune: unsupported filter {sorted(unknown)[0]!r}")
+    all_images = "false" in [v.lower() for v in filters.get("dangling", [])]
+    lines = (await bridge_of(request).client.call("image_prune", all=all_images))["lines"]
+    return json_ok({"ImagesDeleted": _rmi_shape(lines) or None, "SpaceReclaimed": 0})
 
 
 async def tag(request: web.Request) -> web.StreamResponse:
@@ -301,6 +318,7 @@ ROUTES = [
     ("POST", "/images/create", pull),
     ("POST", "/images/load", load),
     ("GET", "/images/get", save),
+    ("POST", "/images/prune", prune),
     ("GET", "/images/{name:.+}/json", inspect),
     ("GET", "/images/{name:.+}/history", history),
     ("GET", "/images/{name:.+}/get", save),

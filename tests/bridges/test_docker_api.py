@@ -314,6 +314,22 @@ def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
     assert p.returncode != 0 and "--mount is not supported" in err(p)
 
 
+def test_docker_container_and_image_prune(bridge: BridgeProc) -> None:
+    up = ok(bridge.docker("run", "-d", "busybox", "sleep", "30")).strip()
+    done = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "echo z > /z")).strip()
+    try:
+        ok(bridge.docker("wait", done))
+        dangling = ok(bridge.docker("commit", done)).strip()
+        out_ = ok(bridge.docker("container", "prune", "-f"))
+        assert done in out_ and up not in out_
+        assert up in ok(bridge.docker("ps", "-q", "--no-trunc")).split()
+        out_ = ok(bridge.docker("image", "prune", "-f"))
+        assert dangling in out_ and "busybox" not in out_
+        assert "busybox" in ok(bridge.docker("images", "--format", "{{.Repository}}"))
+    finally:
+        bridge.docker("rm", "-f", up, done)
+
+
 def test_docker_export(bridge: BridgeProc, tmp_path) -> None:
     cid = ok(bridge.docker("create", "busybox", "true")).strip()
     try:
