@@ -556,15 +556,28 @@ def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None) -> Non
 @click.option("-f", "--follow", is_flag=True, help="Keep following the output.")
 @click.option("-n", "--tail", default="all", help="Lines from the end (or 'all').")
 @click.option("-t", "--timestamps", is_flag=True)
+@click.option("--since", default=None, help="Only output written since (10m, 1h, an RFC 3339 time, "
+              "Unix seconds).")
+@click.option("--until", default=None, help="Only output written before (the same forms).")
 @click.argument("container")
 @click.pass_context
-def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool) -> None:
+def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool,
+         since: str | None, until: str | None) -> None:
     """Print a container's output (stdout and stderr kept apart)."""
     from .errors import EngineError
+    from .timefmt import parse_time_ns
 
     n = None if tail == "all" else int(tail)
+    window = {}
     try:
-        _print_log(_client(ctx), timestamps=timestamps, id=container, follow=follow, tail=n)
+        for key, value in (("since_ns", since), ("until_ns", until)):
+            if value is not None:
+                window[key] = parse_time_ns(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        _print_log(_client(ctx), timestamps=timestamps, id=container, follow=follow, tail=n,
+                   **window)
     except EngineError as exc:
         _die(str(exc), exc.exit_status)
 

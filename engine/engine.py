@@ -687,9 +687,21 @@ class Engine:
         return (entry for batch in batches for entry in batch)
 
     def log_batches(self, ref: str, *, follow: bool = False, tail: int | None = None,
-                    cancelled: Callable[[], bool] | None = None
-                    ) -> Iterator[list[dict[str, Any]]]:
-        """:meth:`logs`, a list of entries at a time (those of one read of the log)."""
+                    cancelled: Callable[[], bool] | None = None, since_ns: int | None = None,
+                    until_ns: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`logs`, a list of entries at a time (those of one read of the log);
+        with ``since_ns``/``until_ns`` (nanoseconds since the epoch) only the entries
+        written between them, both ends included."""
+        batches = self._log_batches(ref, follow, tail, cancelled)
+        if since_ns is None and until_ns is None:
+            return batches
+        # the log's times are fixed-width RFC 3339 in UTC: they compare as strings
+        low = rfc3339(since_ns) if since_ns else ""
+        high = rfc3339(until_ns) if until_ns else "~"
+        return ([e for e in batch if low <= e.get("time", "") <= high] for batch in batches)
+
+    def _log_batches(self, ref: str, follow: bool, tail: int | None,
+                     cancelled: Callable[[], bool] | None) -> Iterator[list[dict[str, Any]]]:
         c = self.containers.get(ref)
         if follow and self.status(c) in ("running", "paused"):
             def ended(wait: float) -> bool:

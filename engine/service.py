@@ -18,8 +18,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id,
   condition) -> ``{"exit_code"}``; ``ls`` (all, filters: ``["status=exited", ...]``:
   id, name, status, label, ancestor) -> list; ``get`` (id) -> inspect dict;
-  ``log`` (id, follow, tail, batch) -> stream of ``{"stream", "log", "time"}`` (with
-  ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
+  ``log`` (id, follow, tail, batch, since_ns, until_ns: nanoseconds since the epoch) -> stream of
+  ``{"stream", "log", "time"}`` (with ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
   (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``
   (for ``exec`` with ``tty`` also ``"resize"``: a Sender of ``{"rows", "cols"}``), then
   ``{"stream", "data"}`` messages, last ``{"exit_code"}``;
@@ -389,7 +389,8 @@ def _v_commit(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("log")
 def _v_log(engine: Engine, a: _Args, ret: Any) -> Any:
     batches = engine.log_batches(a.id(), follow=a.get("follow", bool, False),
-                                 tail=a.get("tail", int), cancelled=_client_gone(ret))
+                                 tail=a.get("tail", int), cancelled=_client_gone(ret),
+                                 since_ns=a.get("since_ns", int), until_ns=a.get("until_ns", int))
     if a.get("batch", bool, False):
         for batch in batches:  # a list of entries per message (per read of the log)
             ret.send(batch)

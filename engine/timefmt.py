@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["rfc3339", "human_duration", "ago"]
+__all__ = ["rfc3339", "human_duration", "ago", "parse_time_ns"]
 
 
 def rfc3339(ns: int | None) -> str:
@@ -46,15 +46,40 @@ def human_duration(seconds: float) -> str:
 def ago(when: int | float | str | None, now: float | None = None) -> str:
     """``when`` (ns since the epoch, or an RFC 3339 string) as "5 minutes ago"; "" if unknown."""
     if isinstance(when, str):
-        when = _parse_rfc3339(when)
+        ns = _parse_rfc3339_ns(when)
+        when = ns / 1e9 if ns is not None else None
     if not when:
         return ""
     sec = when / 1e9 if when > 1e12 else float(when)
     return human_duration((time.time() if now is None else now) - sec) + " ago"
 
 
-def _parse_rfc3339(text: str) -> float | None:
+def parse_time_ns(text: str, now_ns: int | None = None) -> int:
+    """``docker logs --since``'s forms as nanoseconds since the epoch, exactly (a time
+    copied from ``logs -t`` must find its own line): a duration back from now (``10m``,
+    ``1h30m``, ``45s``), an RFC 3339 time, a date, or Unix seconds with up to nine
+    decimals.  Raises ValueError naming the forms."""
+    import re
+
+    text = text.strip()
+    if re.fullmatch(r"(\d+(\.\d+)?(h|m|s|ms))+", text):
+        units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        back = sum(float(n) * units[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)(ms|h|m|s)", text))
+        return (time.time_ns() if now_ns is None else now_ns) - int(back * 1e9)
+    if m := re.fullmatch(r"(\d+)(?:\.(\d{1,9}))?", text):
+        return int(m[1]) * 1_000_000_000 + int((m[2] or "0").ljust(9, "0"))
+    if re.fullmatch(r"\d{4}-\d\d-\d\d", text):
+        text += "T00:00:00Z"
+    stamp = _parse_rfc3339_ns(text)
+    if stamp is None:
+        raise ValueError(f"{text!r} is not a time: give a duration (10m, 1h30m), an RFC 3339 "
+                         "time (2026-11-28T10:00:00Z), a date or Unix seconds")
+    return stamp
+
+
+def _parse_rfc3339_ns(text: str) -> int | None:
     import calendar
+    import datetime
     import re
 
     m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?"
@@ -63,12 +88,11 @@ def _parse_rfc3339(text: str) -> float | None:
         return None
     y, mo, d, h, mi, sec = (int(g) for g in m.groups()[:6])
     try:
+        datetime.datetime(y, mo, d, h, mi, min(sec, 59))  # (a leap second is :60)
         stamp = calendar.timegm((y, mo, d, h, mi, sec, 0, 0, 0))
     except (ValueError, OverflowError):
         return None
-    if m[7]:
-        stamp += float("0." + m[7])
     if m[8]:
         offset = int(m[9]) * 3600 + int(m[10]) * 60
         stamp -= offset if m[8] == "+" else -offset
-    return stamp
+    return stamp * 1_000_000_000 + int((m[7] or "0")[:9].ljust(9, "0"))

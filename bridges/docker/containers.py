@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,7 @@ from aiohttp import web
 
 from engine import errors
 from engine.filters import filter_containers
+from engine.timefmt import parse_time_ns
 
 from . import mux, shapes
 from .server import bridge_of, body_json, flag, json_ok
@@ -303,12 +305,23 @@ async def logs(request: web.Request) -> web.StreamResponse:
     tail_raw = request.query.get("tail") or "all"
     tail = None if tail_raw == "all" else int(tail_raw)
     stamps = flag(request, "timestamps")
+    window = {}
+    for key in ("since", "until"):  # Unix seconds (.nanoseconds), 0 for none: the CLI's form
+        raw = request.query.get(key) or "0"
+        try:
+            value = parse_time_ns(raw) if re.fullmatch(r"\d+(\.\d+)?", raw) else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise errors.InvalidArgument(f"{key} must be Unix seconds, not {raw!r}")
+        if value:
+            window[key + "_ns"] = value
     resp = web.StreamResponse(headers={"Content-Type": mux.RAW if tty else mux.MULTIPLEXED})
     await resp.prepare(request)
     request.writer.send_headers()
     try:
         async for entry in _log_entries(b, id=c["Id"], follow=flag(request, "follow"),
-                                        tail=tail):
+                                        tail=tail, **window):
             stream = entry.get("stream", "stdout")
             if stream not in want:
                 continue

@@ -314,6 +314,18 @@ def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
     assert p.returncode != 0 and "--mount is not supported" in err(p)
 
 
+def test_docker_logs_since(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "echo one; sleep 1.2; echo two")).strip()
+    try:
+        ok(bridge.docker("wait", cid))
+        stamps = {line.split(" ", 1)[1]: line.split(" ", 1)[0]
+                  for line in ok(bridge.docker("logs", "-t", cid)).splitlines()}
+        assert ok(bridge.docker("logs", "--since", stamps["two"], cid)) == "two\n"
+        assert ok(bridge.docker("logs", "--until", stamps["one"], cid)) == "one\n"
+    finally:
+        bridge.docker("rm", "-f", cid)
+
+
 def test_docker_container_and_image_prune(bridge: BridgeProc) -> None:
     up = ok(bridge.docker("run", "-d", "busybox", "sleep", "30")).strip()
     done = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "echo z > /z")).strip()

@@ -189,6 +189,23 @@ def test_stats_percentages_as_docker_computes_them() -> None:
     assert cpu_percent(reading) == 0.0
 
 
+def test_logs_since_and_until(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "--network", "none", "busybox", "sh", "-c",
+                  "echo one; sleep 1.2; echo two")).strip()
+    try:
+        cli(image_root, "wait", cid)
+        stamped = dict(reversed(line.split(" ", 1)) for line in
+                       out(cli(image_root, "logs", "-t", cid)).splitlines())
+        assert set(stamped) == {"one", "two"}
+        assert out(cli(image_root, "logs", "--since", stamped["two"], cid)) == "two\n"
+        assert out(cli(image_root, "logs", "--until", stamped["one"], cid)) == "one\n"
+        assert out(cli(image_root, "logs", "--since", "1h", cid)) == "one\ntwo\n"
+        p = cli(image_root, "logs", "--since", "yesterday", cid)
+        assert p.returncode != 0 and "is not a time" in p.stderr.decode()
+    finally:
+        cli(image_root, "rm", "-f", cid)
+
+
 def test_port_shows_where_published_ports_are(image_root: str) -> None:
     cid = out(cli(image_root, "run", "-d", "-p", "127.0.0.1::8000", "-p", "127.0.0.1::53/udp",
                   "busybox", "sleep", "30")).strip()

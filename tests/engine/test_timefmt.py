@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine.timefmt import ago, human_duration, rfc3339
+from engine.timefmt import ago, human_duration, parse_time_ns, rfc3339
 
 
 @pytest.mark.parametrize("seconds, says", [
@@ -27,3 +27,19 @@ def test_ago_takes_nanoseconds_seconds_and_rfc3339_with_any_offset() -> None:
     local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - 90 + 2 * 3600)) + ".5+02:00"
     assert ago(local, now=now) == "About a minute ago"
     assert ago(None) == ago("") == ago("not a time") == ago(0) == ""
+
+
+def test_since_and_until_take_dockers_forms_exactly() -> None:
+    now = 1_800_000_000_000_000_000
+    assert parse_time_ns("10m", now_ns=now) == now - 600 * 10**9
+    assert parse_time_ns("1h30m", now_ns=now) == now - 5400 * 10**9
+    assert parse_time_ns("1.5s", now_ns=now) == now - 1_500_000_000
+    assert parse_time_ns("1700000000") == 1_700_000_000 * 10**9
+    assert parse_time_ns("1700000000.123456789") == 1_700_000_000_123_456_789  # no float on the way
+    assert parse_time_ns("1700000000.25") == 1_700_000_000_250_000_000
+    assert parse_time_ns(rfc3339(1_700_000_000_999_999_999)) == 1_700_000_000_999_999_999
+    assert parse_time_ns("2023-11-14T22:13:20.5+01:00") == 1_699_996_400_500_000_000
+    assert parse_time_ns("2023-11-14") == 1_699_920_000 * 10**9
+    for bad in ("yesterday", "10x", "", "2023-13-45", "1700000000.1234567890"):
+        with pytest.raises(ValueError, match="is not a time"):
+            parse_time_ns(bad)
