@@ -222,6 +222,47 @@ def _limit_v1(ctrl: str, d: str, limits: Limits) -> None:
         _put(d, "pids.max", str(limits.pids))
 
 
+def set_limits(paths: list[str], limits: Limits) -> None:
+    """Change the limits of the container's live cgroups (``docker update``); a limit
+    left None stays as it is.  The kernel refuses a memory limit below what the
+    container uses now (EBUSY): the error says so."""
+    validate(limits)
+    for d in paths:
+        if limits.memory is not None:
+            if os.path.exists(os.path.join(d, "memory.limit_in_bytes")):
+                # v1: memory+swap may never be below memory, so the order depends on the move
+                memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
+                order = ["memory.limit_in_bytes"]
+                if os.path.exists(memsw):
+                    up = limits.memory > int(_read(d, "memory.limit_in_bytes"))
+                    order = ["memory.memsw.limit_in_bytes", *order] if up else [*order, "memory.memsw.limit_in_bytes"]
+                for name in order:
+                    _put_memory(d, name, limits.memory)
+            elif os.path.exists(os.path.join(d, "memory.max")):
+                _put_memory(d, "memory.max", limits.memory)
+        if limits.cpus is not None:
+            quota = str(int(limits.cpus * CFS_PERIOD_US))
+            if os.path.exists(os.path.join(d, "cpu.cfs_quota_us")):
+                _put(d, "cpu.cfs_period_us", str(CFS_PERIOD_US))
+                _put(d, "cpu.cfs_quota_us", quota)
+            elif os.path.exists(os.path.join(d, "cpu.max")):
+                _put(d, "cpu.max", f"{quota} {CFS_PERIOD_US}")
+        if limits.pids is not None and os.path.exists(os.path.join(d, "pids.max")):
+            _put(d, "pids.max", str(limits.pids))
+
+
+def _put_memory(d: str, name: str, limit: int) -> None:
+    try:
+        with open(os.path.join(d, name), "w") as f:
+            f.write(str(limit))
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise RuntimeFailure(f"the container uses more than {limit} bytes of memory now and "
+                                 "the kernel could not reclaim it: choose a higher limit or free "
+                                 "some memory first") from None
+        raise RuntimeFailure(f"set {name}={limit} in {d}: {exc.strerror}") from exc
+
+
 def _create_v2(own: str, container_id: str, limits: Limits) -> str:
     wanted = [c for c in V2_CONTROLLERS if c in _v2_controllers((own, "/"))] or list(
         V2_CONTROLLERS)

@@ -737,6 +737,21 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
 
 
 @main.command()
+@click.option("-m", "--memory", default=None, help="Memory limit (e.g. 128m).")
+@click.option("--cpus", type=float, default=None, help="Number of CPUs (e.g. 1.5).")
+@click.option("--pids-limit", type=int, default=None, help="Limit the number of processes.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def update(ctx: click.Context, containers: tuple[str, ...], memory: str | None,
+           cpus: float | None, pids_limit: int | None) -> None:
+    """Change containers' limits, at once if they run and for their next runs."""
+    mem = parse_bytes(memory) if memory else None
+    for c in containers:
+        _call(ctx, "update", id=c, memory=mem, cpus=cpus, pids_limit=pids_limit)
+        click.echo(c)
+
+
+@main.command()
 @click.option("--no-stream", is_flag=True, help="One table, then exit.")
 @click.argument("containers", nargs=-1)
 @click.pass_context

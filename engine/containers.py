@@ -2,7 +2,8 @@
 
 A container is a directory ``<root>/containers/<id>`` holding:
 
-- ``config.json``: what ``create`` was asked (written once, by the engine);
+- ``config.json``: what ``create`` was asked (written by the engine; ``update`` rewrites
+  its limits, under the root lock);
 - ``cgroups.json``: the cgroup directories, written *before* they are made, so a crash
   between the two never orphans one;
 - ``monitor.json`` and ``exit.json``: written by the container's monitor at start and
@@ -218,6 +219,18 @@ class ContainerStore:
                 if not os.path.isdir(c.path("init")):
                     raise
         return rel
+
+    def update_host_config(self, c: Container, changes: dict[str, Any]) -> Container:
+        """Rewrite the container's ``HostConfig`` with ``changes`` (``docker update``),
+        atomically and under the root lock; the container as it now is."""
+        path = c.path("config.json")
+        with fsutil.root_lock(self.root):
+            config = fsutil.read_json(path)
+            if config is None:
+                raise NotFound(f"no such container: {c.id}")
+            config["HostConfig"].update(changes)
+            fsutil.write_json(path, config)
+        return self._load(c.id)
 
     def reset_run(self, c: Container) -> None:
         """Forget the previous run's monitor and exit records (before a restart)."""

@@ -586,6 +586,27 @@ class Engine:
             gone.append(c.id)
         return gone
 
+    def update(self, ref: str, *, memory: int | None = None, cpus: float | None = None,
+               pids_limit: int | None = None) -> None:
+        """Change a container's limits (``docker update``): at once in its cgroups when it
+        runs, and in its record for the runs to come.  A limit left None stays."""
+        limits = Limits(memory=memory or None, cpus=cpus or None, pids=pids_limit or None)
+        if limits == Limits():
+            raise InvalidArgument("update: give at least one of memory, cpus, pids_limit")
+        cgroups.validate(limits)
+        c = self.containers.get(ref)
+        if self.status(c) in ("running", "paused"):
+            cgroups.set_limits(c.cgroups, limits)
+        changes: dict[str, Any] = {}
+        if limits.memory is not None:
+            changes["Memory"] = limits.memory
+        if limits.cpus is not None:
+            changes["NanoCpus"] = int(limits.cpus * 1e9)
+        if limits.pids is not None:
+            changes["PidsLimit"] = limits.pids
+        self.containers.update_host_config(c, changes)
+        self._container_event("update", c)
+
     def pause(self, ref: str) -> None:
         """Freeze every process of the container (cgroup freezer)."""
         c = self._running(ref)

@@ -27,7 +27,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   list of ``{"Path", "Kind"}`` (0 changed, 1 added, 2 deleted: ``docker diff``);
   ``top`` (id) -> ``{"Titles", "Processes"}`` (``ps -ef``'s columns, host PIDs);
   ``stats`` (id, interval or previous) -> the Docker API's stats shape (``docker stats``);
-  ``container_prune`` -> ``{"deleted": [ids]}`` (every container not running).
+  ``container_prune`` -> ``{"deleted": [ids]}`` (every container not running);
+  ``update`` (id, memory, cpus, pids_limit) -> ``{}``: new limits, live and for later runs.
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
   -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host);
@@ -338,6 +339,13 @@ def _v_unpause(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("changes")
 def _v_changes(engine: Engine, a: _Args, ret: Any) -> Any:
     return engine.changes(a.id())
+
+
+@verb("update")
+def _v_update(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.update(a.id(), memory=a.get("memory", int), cpus=a.get("cpus", (int, float)),
+                  pids_limit=a.get("pids_limit", int))
+    return {}
 
 
 @verb("container_prune")

@@ -456,6 +456,26 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
     return _Stream(None, resp)
 
 
+async def update(request: web.Request) -> web.StreamResponse:
+    """``POST /containers/ID/update``: Memory, NanoCpus (or CpuQuota/CpuPeriod) and
+    PidsLimit; the other resources this engine does not manage are refused."""
+    body = await body_json(request)
+    if not isinstance(body, dict):
+        raise errors.InvalidArgument("the update must be a JSON object")
+    unsupported = [k for k in ("CpuShares", "CpusetCpus", "CpusetMems", "BlkioWeight",
+                               "MemoryReservation", "KernelMemory") if body.get(k)]
+    if unsupported:
+        raise errors.InvalidArgument(f"update: {unsupported[0]} is not supported; memory, cpus "
+                                     "and pids-limit are")
+    cpus = (body.get("NanoCpus") or 0) / 1e9
+    if not cpus and body.get("CpuQuota") and body.get("CpuPeriod"):
+        cpus = body["CpuQuota"] / body["CpuPeriod"]
+    await bridge_of(request).client.call(
+        "update", id=request.match_info["id"], memory=int(body.get("Memory") or 0) or None,
+        cpus=cpus or None, pids_limit=int(body.get("PidsLimit") or 0) or None)
+    return json_ok({"Warnings": []})
+
+
 async def prune(request: web.Request) -> web.StreamResponse:
     """``POST /containers/prune``: remove every container that is not running."""
     if shapes.parse_filters(request.query.get("filters")):
@@ -553,6 +573,7 @@ ROUTES = [
     ("GET", "/containers/{id}/stats", stats),
     ("GET", "/containers/{id}/export", export),
     ("POST", "/containers/prune", prune),
+    ("POST", "/containers/{id}/update", update),
     ("GET", "/containers/{id}/logs", logs),
     ("DELETE", "/containers/{id}", remove),
 ]

@@ -314,6 +314,20 @@ def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
     assert p.returncode != 0 and "--mount is not supported" in err(p)
 
 
+def test_docker_update(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "-m", "64m", "busybox", "sleep", "30")).strip()
+    try:
+        ok(bridge.docker("update", "--memory", "96m", "--cpus", "0.5", "--pids-limit", "40", cid))
+        got = ok(bridge.docker("inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} "
+                               "{{.HostConfig.PidsLimit}}", cid)).split()
+        assert got == [str(96 << 20), "500000000", "40"]
+        assert "96MiB" in ok(bridge.docker("stats", "--no-stream", cid))
+        p = bridge.docker("update", "--cpu-shares", "512", cid)
+        assert p.returncode != 0 and "CpuShares is not supported" in err(p)
+    finally:
+        bridge.docker("rm", "-f", cid)
+
+
 def test_docker_logs_since(bridge: BridgeProc) -> None:
     cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c", "echo one; sleep 1.2; echo two")).strip()
     try:

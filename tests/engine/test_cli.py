@@ -189,6 +189,46 @@ def test_stats_percentages_as_docker_computes_them() -> None:
     assert cpu_percent(reading) == 0.0
 
 
+def test_update_changes_limits_now_and_for_later_runs(image_root: str) -> None:
+    from engine.engine import Engine
+
+    cid = out(cli(image_root, "run", "-d", "-m", "64m", "--network", "none", "busybox", "sh", "-c",
+                  "head -c 20000000 /dev/zero > /dev/shm/fill; sleep 30")).strip()
+    try:
+        assert out(cli(image_root, "update", "-m", "128m", "--cpus", "0.5", "--pids-limit", "20",
+                       cid)) == cid + "\n"
+
+        def limits() -> dict[str, str]:
+            paths = Engine(image_root).containers.get(cid).cgroups
+            found = {}
+            for d in paths:
+                for name in ("memory.limit_in_bytes", "memory.max", "cpu.cfs_quota_us", "cpu.max",
+                             "pids.max"):
+                    if os.path.exists(os.path.join(d, name)):
+                        with open(os.path.join(d, name)) as f:
+                            found[name.split(".")[0]] = f.read().split()[0]
+            return found
+
+        assert limits() == {"memory": str(128 << 20), "cpu": "50000", "pids": "20"}
+        hc = json.loads(out(cli(image_root, "inspect", cid)))[0]["HostConfig"]
+        assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (128 << 20, 500_000_000, 20)
+        # the kernel cannot take back the 20 MB the container holds in /dev/shm
+        deadline = time.monotonic() + 10
+        while "fill" not in out(cli(image_root, "exec", cid, "ls", "/dev/shm")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        p = cli(image_root, "update", "-m", "8m", cid)
+        assert p.returncode == 125 and "uses more than 8388608 bytes" in p.stderr.decode()
+        p = cli(image_root, "update", "-m", "1m", cid)
+        assert p.returncode == 125 and "minimum allowed is 6MB" in p.stderr.decode()
+        assert cli(image_root, "stop", "-t", "0", cid).returncode == 0
+        assert cli(image_root, "update", "--pids-limit", "30", cid).returncode == 0
+        assert cli(image_root, "start", cid).returncode == 0  # a new run, new cgroups
+        assert limits() == {"memory": str(128 << 20), "cpu": "50000", "pids": "30"}
+    finally:
+        cli(image_root, "rm", "-f", cid)
+
+
 def test_logs_since_and_until(image_root: str) -> None:
     cid = out(cli(image_root, "run", "-d", "--network", "none", "busybox", "sh", "-c",
                   "echo one; sleep 1.2; echo two")).strip()
