@@ -737,6 +737,15 @@ def exec_(ctx: click.Context, container: str, cmd: tuple[str, ...], interactive:
 
 
 @main.command()
+@click.argument("container")
+@click.argument("name")
+@click.pass_context
+def rename(ctx: click.Context, container: str, name: str) -> None:
+    """Give a container another name."""
+    _call(ctx, "rename", id=container, name=name)
+
+
+@main.command()
 @click.option("-m", "--memory", default=None, help="Memory limit (e.g. 128m).")
 @click.option("--cpus", type=float, default=None, help="Number of CPUs (e.g. 1.5).")
 @click.option("--pids-limit", type=int, default=None, help="Limit the number of processes.")

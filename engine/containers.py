@@ -220,6 +220,30 @@ class ContainerStore:
                     raise
         return rel
 
+    def rename(self, c: Container, name: str) -> Container:
+        """Give the container the name ``name`` (free, or already its own); the
+        container as it now is.  Record and name index change under the root lock."""
+        if not _NAME.match(name):
+            raise InvalidArgument(f"invalid container name {name!r}: only "
+                                  "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        name = name.lstrip("/")
+        with fsutil.root_lock(self.root):
+            holder = self._named(name)
+            if holder is not None and holder != c.id:
+                raise Conflict(f"the container name \"/{name}\" is already in use by container "
+                               f"{holder}; remove that container or choose another name")
+            path = c.path("config.json")
+            config = fsutil.read_json(path)
+            if config is None:
+                raise NotFound(f"no such container: {c.id}")
+            old = config["Name"]
+            fsutil.write_symlink(c.id, os.path.join(self.names, name))
+            config["Name"] = name
+            fsutil.write_json(path, config)
+            if old != name and self._named(old) == c.id:
+                os.unlink(os.path.join(self.names, old))
+        return self._load(c.id)
+
     def update_host_config(self, c: Container, changes: dict[str, Any]) -> Container:
         """Rewrite the container's ``HostConfig`` with ``changes`` (``docker update``),
         atomically and under the root lock; the container as it now is."""

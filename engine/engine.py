@@ -586,6 +586,19 @@ class Engine:
             gone.append(c.id)
         return gone
 
+    def rename(self, ref: str, name: str) -> None:
+        """Give the container another name (``docker rename``).  Refused while it runs on
+        a user network: the other containers there know it by its name (their
+        /etc/hosts), which only a new run updates."""
+        c = self.containers.get(ref)
+        mode = c.config["HostConfig"]["NetworkMode"]
+        if (mode not in NETWORKS and self.status(c) in ("running", "paused")):
+            raise Conflict(f"container {c.short_id} runs on network {mode}, where the others "
+                           "know it by its name: stop it before renaming it")
+        old = c.name
+        c = self.containers.rename(c, name)
+        self._container_event("rename", c, oldName="/" + old)
+
     def update(self, ref: str, *, memory: int | None = None, cpus: float | None = None,
                pids_limit: int | None = None) -> None:
         """Change a container's limits (``docker update``): at once in its cgroups when it

@@ -28,7 +28,8 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   ``top`` (id) -> ``{"Titles", "Processes"}`` (``ps -ef``'s columns, host PIDs);
   ``stats`` (id, interval or previous) -> the Docker API's stats shape (``docker stats``);
   ``container_prune`` -> ``{"deleted": [ids]}`` (every container not running);
-  ``update`` (id, memory, cpus, pids_limit) -> ``{}``: new limits, live and for later runs.
+  ``update`` (id, memory, cpus, pids_limit) -> ``{}``: new limits, live and for later runs;
+  ``rename`` (id, name) -> ``{}``.
 - images: ``images`` -> list; ``image_get`` (ref); ``history`` (ref); ``tag`` (source,
   ref); ``rmi`` (ref, force) -> list of lines; ``import`` (path, ref, changes, comment)
   -> ``{"id"}``; ``bootstrap`` (ref) -> ``{"id"}`` (busybox from the host);
@@ -339,6 +340,12 @@ def _v_unpause(engine: Engine, a: _Args, ret: Any) -> Any:
 @verb("changes")
 def _v_changes(engine: Engine, a: _Args, ret: Any) -> Any:
     return engine.changes(a.id())
+
+
+@verb("rename")
+def _v_rename(engine: Engine, a: _Args, ret: Any) -> Any:
+    engine.rename(a.id(), a.get("name", str, required=True))
+    return {}
 
 
 @verb("update")

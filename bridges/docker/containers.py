@@ -456,6 +456,15 @@ async def open_stream(request: web.Request, tty: bool) -> _Stream:
     return _Stream(None, resp)
 
 
+async def rename(request: web.Request) -> web.StreamResponse:
+    """``POST /containers/ID/rename?name=``: 204."""
+    name = request.query.get("name")
+    if not name:
+        raise errors.InvalidArgument("name is required")
+    await bridge_of(request).client.call("rename", id=request.match_info["id"], name=name)
+    return web.Response(status=204)
+
+
 async def update(request: web.Request) -> web.StreamResponse:
     """``POST /containers/ID/update``: Memory, NanoCpus (or CpuQuota/CpuPeriod) and
     PidsLimit; the other resources this engine does not manage are refused."""
@@ -574,6 +583,7 @@ ROUTES = [
     ("GET", "/containers/{id}/export", export),
     ("POST", "/containers/prune", prune),
     ("POST", "/containers/{id}/update", update),
+    ("POST", "/containers/{id}/rename", rename),
     ("GET", "/containers/{id}/logs", logs),
     ("DELETE", "/containers/{id}", remove),
 ]

@@ -314,6 +314,15 @@ def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
     assert p.returncode != 0 and "--mount is not supported" in err(p)
 
 
+def test_docker_rename(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("create", "--name", "cbx-r1", "busybox", "true")).strip()
+    try:
+        ok(bridge.docker("rename", "cbx-r1", "cbx-r2"))
+        assert ok(bridge.docker("inspect", "-f", "{{.Name}}", cid)).strip() == "/cbx-r2"
+    finally:
+        bridge.docker("rm", "-f", cid)
+
+
 def test_docker_update(bridge: BridgeProc) -> None:
     cid = ok(bridge.docker("run", "-d", "-m", "64m", "busybox", "sleep", "30")).strip()
     try:

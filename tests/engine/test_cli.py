@@ -189,6 +189,28 @@ def test_stats_percentages_as_docker_computes_them() -> None:
     assert cpu_percent(reading) == 0.0
 
 
+def test_rename(image_root: str) -> None:
+    cid = out(cli(image_root, "run", "-d", "--network", "none", "--name", "cbx-old", "busybox",
+                  "sleep", "30")).strip()
+    other = out(cli(image_root, "create", "--network", "none", "--name", "cbx-taken", "busybox",
+                    "true")).strip()
+    try:
+        assert cli(image_root, "rename", "cbx-old", "cbx-new").returncode == 0
+        assert json.loads(out(cli(image_root, "inspect", "cbx-new")))[0]["Id"] == cid
+        assert cli(image_root, "inspect", "cbx-old").returncode == 1  # the old name is free
+        p = cli(image_root, "rename", "cbx-new", "cbx-taken")
+        assert p.returncode == 125 and "already in use" in p.stderr.decode()
+        p = cli(image_root, "rename", "cbx-new", "bad/name")
+        assert p.returncode == 125 and "invalid container name" in p.stderr.decode()
+        assert out(cli(image_root, "run", "--rm", "--network", "none", "--name", "cbx-old",
+                       "busybox", "echo", "reused")) == "reused\n"
+        events = out(cli(image_root, "events", "--no-follow", "--since", "0", "-f",
+                         f"container={cid}", "-f", "event=rename"))
+        assert "oldName=/cbx-old" in events and "name=cbx-new" in events
+    finally:
+        cli(image_root, "rm", "-f", cid, other)
+
+
 def test_update_changes_limits_now_and_for_later_runs(image_root: str) -> None:
     from engine.engine import Engine
 

@@ -142,6 +142,19 @@ def test_containers_on_one_network_reach_each_other_by_name_and_alias(
     engine.rm(server, force=True)
 
 
+def test_renaming_a_container_others_know_by_name_waits_for_it_to_stop(engine: Engine,
+                                                                        net: dict) -> None:
+    cid = detached(engine, ["sleep", "30"], name=f"cbx-ren-{os.getpid()}", network=net["Name"])
+    try:
+        with pytest.raises(Conflict, match="stop it before renaming"):
+            engine.rename(cid, f"cbx-ren2-{os.getpid()}")
+        engine.stop(cid, timeout=0)
+        engine.rename(cid, f"cbx-ren2-{os.getpid()}")
+        assert engine.inspect(cid)["Name"] == f"/cbx-ren2-{os.getpid()}"
+    finally:
+        engine.rm(cid, force=True)
+
+
 def test_networks_are_isolated(engine: Engine, image_root: str, net: dict) -> None:
     other = networks.create(image_root, f"cbx-oth-{os.getpid()}")
     try:
