@@ -178,7 +178,7 @@ class Bridge:
             self.resync(client)
             return
         cid, action = event.get("id", ""), event.get("action", "")
-        if action in ("start", "unpause"):
+        if action in ("start", "unpause", "rename"):  # (a service's id holds the name)
             try:
                 container = client.call("get", id=cid)
             except EngineError:

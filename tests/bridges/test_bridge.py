@@ -135,6 +135,10 @@ def test_etcd_registration_lifecycle_and_crash_recovery(daemon: DaemonProc, etcd
         s = until(lambda: etcd_services(etcd, prefix).get(sid), what="registration")
         assert (s["name"], s["ip"], s["port"], s["tags"], s["container_id"]) == \
             ("busybox", "127.0.0.1", port, ["blue"], cid)
+        # rename: the service's id follows the name
+        daemon.cli("rename", cid, "cbx-site")
+        sid = "cbx-h1:cbx-site:80"
+        until(lambda: set(etcd_services(etcd, prefix)) == {sid}, what="the id after a rename")
         # stop: deregistered
         daemon.cli("kill", cid)
         until(lambda: sid not in etcd_services(etcd, prefix), what="deregistration")
