@@ -15,7 +15,7 @@ import tarfile
 from typing import IO
 
 from .layerview import LayerView
-from .tarlayer import tar_info, xattrs_of
+from .tarlayer import add_special, tar_info, xattrs_of
 
 __all__ = ["export_tar"]
 
@@ -81,16 +81,7 @@ def export_tar(layers: list[str], out: IO[bytes]) -> None:
                         tar.addfile(ti, f)
                 except FileNotFoundError:
                     continue  # removed meanwhile
-            elif stat.S_ISLNK(mode):
-                ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(path)
-                tar.addfile(ti)
-            elif stat.S_ISFIFO(mode):
-                ti.type = tarfile.FIFOTYPE
-                tar.addfile(ti)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-                ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                tar.addfile(ti)
-            # sockets cannot travel in a tar
+            else:
+                add_special(tar, ti, path, st)
     finally:
         tar.close()

@@ -36,7 +36,7 @@ from typing import IO, BinaryIO
 
 from engine.errors import InvalidArgument
 
-__all__ = ["apply_tar", "diff_tar", "tar_info", "xattrs_of", "WHITEOUT_PREFIX", "OPAQUE_MARKER",
+__all__ = ["apply_tar", "diff_tar", "tar_info", "xattrs_of", "add_special", "WHITEOUT_PREFIX", "OPAQUE_MARKER",
            "OPAQUE_XATTR"]
 
 WHITEOUT_PREFIX = ".wh."
@@ -766,6 +766,23 @@ def tar_info(name: str, st: os.stat_result) -> tarfile.TarInfo:
     return ti
 
 
+def add_special(tar: tarfile.TarFile, ti: tarfile.TarInfo, path: str, st: os.stat_result) -> None:
+    """Add ``path`` to ``tar`` if it is a symlink, FIFO or device node (its header
+    ``ti`` made by :func:`tar_info`); sockets cannot travel in a tar and are left out
+    (Docker skips them too)."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(path)
+    elif stat.S_ISFIFO(mode):
+        ti.type = tarfile.FIFOTYPE
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+        ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    else:
+        return
+    tar.addfile(ti)
+
+
 def xattrs_of(path: str) -> dict[str, str]:
     """The xattrs of ``path`` that layers carry, as pax ``SCHILY.xattr.*`` headers."""
     out: dict[str, str] = {}
@@ -840,18 +857,8 @@ def diff_tar(diffdir: str, out: IO[bytes]) -> tuple[str, int]:
                 with open(e.path, "rb", buffering=0) as f:
                     tar.addfile(ti, f)
                 size += st.st_size
-            elif stat.S_ISLNK(mode):
-                ti.type = tarfile.SYMTYPE
-                ti.linkname = os.readlink(e.path)
-                tar.addfile(ti)
-            elif stat.S_ISFIFO(mode):
-                ti.type = tarfile.FIFOTYPE
-                tar.addfile(ti)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-                ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                tar.addfile(ti)
-            # sockets cannot travel in a tar (Docker skips them too)
+            else:
+                add_special(tar, ti, e.path, st)
     finally:
         tar.close()
     sink.flush()

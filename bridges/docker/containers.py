@@ -16,11 +16,8 @@ Two things the docker CLI's ``run`` needs that the engine's verbs do not give di
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,7 +28,7 @@ from engine.filters import filter_containers
 from engine.timefmt import parse_time_ns
 
 from . import mux, shapes
-from .server import bridge_of, body_json, flag, json_ok
+from .server import bridge_of, body_json, flag, json_ok, send_tar
 
 _POLL = 0.25  # how often a held attach/wait looks whether another client started it
 
@@ -495,21 +492,9 @@ async def prune(request: web.Request) -> web.StreamResponse:
 
 async def export(request: web.Request) -> web.StreamResponse:
     """``GET /containers/ID/export``: the container's filesystem as a tar."""
-    tmp = tempfile.mkdtemp(prefix="cbx-export-")
-    path = os.path.join(tmp, "rootfs.tar")
-    try:
-        await bridge_of(request).client.call("export", id=request.match_info["id"], path=path)
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
-        await resp.prepare(request)
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                await resp.write(chunk)
-        await resp.write_eof()
-        return resp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.rmdir(tmp)
+    client = bridge_of(request).client
+    return await send_tar(request, lambda path: client.call(
+        "export", id=request.match_info["id"], path=path))
 
 
 async def stats(request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,7 @@ from aiohttp import web
 from engine import errors
 
 from . import shapes
-from .server import bridge_of, body_json, flag, json_ok
+from .server import bridge_of, body_json, flag, json_ok, send_tar
 
 
 async def list_(request: web.Request) -> web.StreamResponse:
@@ -222,19 +222,9 @@ async def save(request: web.Request) -> web.StreamResponse:
     names = [shapes.short_ref(n) for n in names if n]
     if not names:
         raise errors.InvalidArgument("give the images to save (names=...)")
-    tmp = tempfile.mkdtemp(prefix="cbx-save-")
-    path = os.path.join(tmp, "images.tar")
-    try:
-        await bridge_of(request).client.call("save", refs=names, path=path, format="docker")
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
-        await resp.prepare(request)
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                await resp.write(chunk)
-        await resp.write_eof()
-        return resp
-    finally:
-        _remove(tmp, path)
+    client = bridge_of(request).client
+    return await send_tar(request, lambda path: client.call("save", refs=names, path=path,
+                                                            format="docker"))
 
 
 async def commit(request: web.Request) -> web.StreamResponse:

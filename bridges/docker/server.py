@@ -95,6 +95,30 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
+async def send_tar(request: web.Request, write: Callable[[str], Awaitable[Any]]) -> web.StreamResponse:
+    """Answer with the tar that ``write(path)`` (an engine verb given a path: the
+    daemon runs on this host) makes, from a temp dir of its own that goes after."""
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="cbx-tar-")
+    path = os.path.join(tmp, "out.tar")
+    try:
+        await write(path)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+        await resp.prepare(request)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.rmdir(tmp)
+
+
 def json_ok(value: Any, status: int = 200) -> web.Response:
     """A JSON answer with Docker's headers."""
     return web.Response(body=_dumps(value).encode(), status=status,
