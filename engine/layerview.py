@@ -44,23 +44,32 @@ class LayerView:
         self.lowers = lowers
 
     def _layers_for(self, rel: str) -> list[str]:
-        """The layers that can show ``rel``: top first, down to the first one where
-        a parent directory is opaque or deleted."""
-        parts = rel.split("/")
-        seen = []
+        """The layers that can show ``rel``, top first.
+
+        A layer shows it when every parent of ``rel`` is a real directory there (never
+        through a symlink: a layer's ``/a -> /etc`` must not lead to the host's /etc).
+        A parent that is a file, a symlink or a whiteout hides ``rel`` in that layer and
+        in every layer below, as overlayfs does; an opaque parent hides it below.
+        """
+        parts = rel.split("/")[:-1]
+        shown = []
         for layer in self.lowers:
-            seen.append(layer)
-            cut = False
-            for i in range(1, len(parts)):
-                parent = os.path.join(layer, *parts[:i])
-                if _whiteout(parent):
-                    seen.pop()  # the parent is deleted here: nothing below shows
-                    return seen
-                if is_opaque(parent):
-                    cut = True
-            if cut:
-                return seen
-        return seen
+            path, hides_below = layer, False
+            for comp in parts:
+                path = os.path.join(path, comp)
+                try:
+                    st = os.lstat(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    break  # not in this layer: the layers below may have it
+                if not stat.S_ISDIR(st.st_mode):
+                    return shown  # a file, a symlink or a whiteout covers it and all below
+                if is_opaque(path):
+                    hides_below = True
+            else:
+                shown.append(layer)
+            if hides_below:
+                break
+        return shown
 
     def locate(self, rel: str) -> tuple[str, os.stat_result] | None:
         """Where the entry ``rel`` shows from (the top-most layer's path) and its lstat;
