@@ -176,7 +176,7 @@ def create(container_id: str, limits: Limits) -> list[str]:
                 d = os.path.join(_join(v1[ctrl], own.get(ctrl, "/")), _GROUP, container_id)
                 _mkdir(d)
                 paths.append(d)
-                _limit_v1(ctrl, d, limits)
+                _apply_limits(d, limits)
         else:
             raise RuntimeFailure("no cgroup controllers are mounted: mount cgroup v1 "
                                  "controllers or a cgroup2 with controllers")
@@ -210,45 +210,42 @@ def _put(d: str, name: str, value: str) -> None:
         raise RuntimeFailure(f"set {name}={value} in {d}: {exc.strerror}") from exc
 
 
-def _limit_v1(ctrl: str, d: str, limits: Limits) -> None:
-    if ctrl == "memory" and limits.memory is not None:
-        _put(d, "memory.limit_in_bytes", str(limits.memory))
-        if os.path.exists(os.path.join(d, "memory.memsw.limit_in_bytes")):
-            _put(d, "memory.memsw.limit_in_bytes", str(limits.memory))
-    elif ctrl == "cpu" and limits.cpus is not None:
-        _put(d, "cpu.cfs_period_us", str(CFS_PERIOD_US))
-        _put(d, "cpu.cfs_quota_us", str(int(limits.cpus * CFS_PERIOD_US)))
-    elif ctrl == "pids" and limits.pids is not None:
-        _put(d, "pids.max", str(limits.pids))
-
-
 def set_limits(paths: list[str], limits: Limits) -> None:
-    """Change the limits of the container's live cgroups (``docker update``); a limit
-    left None stays as it is.  The kernel refuses a memory limit below what the
-    container uses now (EBUSY): the error says so."""
-    validate(limits)
+    """Change the limits of the container's live cgroups (``docker update``; the caller
+    validated them); a limit left None stays as it is.  The kernel refuses a memory
+    limit below what the container uses now (EBUSY): the error says so."""
     for d in paths:
-        if limits.memory is not None:
-            if os.path.exists(os.path.join(d, "memory.limit_in_bytes")):
-                # v1: memory+swap may never be below memory, so the order depends on the move
-                memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
-                order = ["memory.limit_in_bytes"]
-                if os.path.exists(memsw):
-                    up = limits.memory > int(_read(d, "memory.limit_in_bytes"))
-                    order = ["memory.memsw.limit_in_bytes", *order] if up else [*order, "memory.memsw.limit_in_bytes"]
-                for name in order:
-                    _put_memory(d, name, limits.memory)
-            elif os.path.exists(os.path.join(d, "memory.max")):
-                _put_memory(d, "memory.max", limits.memory)
-        if limits.cpus is not None:
-            quota = str(int(limits.cpus * CFS_PERIOD_US))
-            if os.path.exists(os.path.join(d, "cpu.cfs_quota_us")):
-                _put(d, "cpu.cfs_period_us", str(CFS_PERIOD_US))
-                _put(d, "cpu.cfs_quota_us", quota)
-            elif os.path.exists(os.path.join(d, "cpu.max")):
-                _put(d, "cpu.max", f"{quota} {CFS_PERIOD_US}")
-        if limits.pids is not None and os.path.exists(os.path.join(d, "pids.max")):
-            _put(d, "pids.max", str(limits.pids))
+        _apply_limits(d, limits)
+
+
+def _apply_limits(d: str, limits: Limits) -> None:
+    """Write ``limits`` into the cgroup ``d`` (one v1 controller's or the v2 group),
+    each into the file this directory has for it; a limit left None is not touched."""
+    def has(name: str) -> bool:
+        return os.path.exists(os.path.join(d, name))
+
+    if limits.memory is not None:
+        if has("memory.limit_in_bytes"):
+            names = ["memory.limit_in_bytes"]
+            if has("memory.memsw.limit_in_bytes"):
+                # memory+swap may never be below memory: the order depends on the move
+                up = limits.memory > int(_read(d, "memory.limit_in_bytes"))
+                names.insert(0 if up else 1, "memory.memsw.limit_in_bytes")
+            for name in names:
+                _put_memory(d, name, limits.memory)
+        elif has("memory.max"):
+            _put_memory(d, "memory.max", limits.memory)
+            if has("memory.swap.max"):
+                _put(d, "memory.swap.max", "0")
+    if limits.cpus is not None:
+        quota = int(limits.cpus * CFS_PERIOD_US)
+        if has("cpu.cfs_quota_us"):
+            _put(d, "cpu.cfs_period_us", str(CFS_PERIOD_US))
+            _put(d, "cpu.cfs_quota_us", str(quota))
+        elif has("cpu.max"):
+            _put(d, "cpu.max", f"{quota} {CFS_PERIOD_US}")
+    if limits.pids is not None and has("pids.max"):
+        _put(d, "pids.max", str(limits.pids))
 
 
 def _put_memory(d: str, name: str, limit: int) -> None:
@@ -280,14 +277,7 @@ def _create_v2(own: str, container_id: str, limits: Limits) -> str:
             raise RuntimeFailure(f"enable {enable} in {d}: {exc.strerror}{hint}") from exc
     d = os.path.join(parent, container_id)
     _mkdir(d)
-    if limits.memory is not None:
-        _put(d, "memory.max", str(limits.memory))
-        if os.path.exists(os.path.join(d, "memory.swap.max")):
-            _put(d, "memory.swap.max", "0")
-    if limits.cpus is not None:
-        _put(d, "cpu.max", f"{int(limits.cpus * CFS_PERIOD_US)} {CFS_PERIOD_US}")
-    if limits.pids is not None:
-        _put(d, "pids.max", str(limits.pids))
+    _apply_limits(d, limits)
     return d
 
 

@@ -785,7 +785,8 @@ def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool) -> N
                 rx = sum(n["rx_bytes"] for n in r["networks"].values())
                 tx = sum(n["tx_bytes"] for n in r["networks"].values())
                 rows.append([r["id"][:12], r["name"].lstrip("/"), f"{cpu_percent(r):.2f}%",
-                             f"{_bsize(mem)} / {_bsize(limit)}", f"{mem / limit * 100:.2f}%",
+                             f"{_size(mem, binary=True)} / {_size(limit, binary=True)}",
+                             f"{mem / limit * 100:.2f}%",
                              f"{_size(rx)} / {_size(tx)}", str(r["pids_stats"]["current"])])
             if not no_stream and sys.stdout.isatty():
                 click.echo("\x1b[2J\x1b[H", nl=False)
@@ -797,15 +798,6 @@ def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool) -> N
         _die(str(exc), exc.exit_status)
     except KeyboardInterrupt:
         pass
-
-
-def _bsize(n: float) -> str:
-    """Bytes in binary units, as docker stats shows memory (``12.5MiB``)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.4g}{unit}"
-        n /= 1024
-    return str(n)
 
 
 @main.command()
@@ -905,11 +897,15 @@ def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
     _table(table, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.3g}{unit}"
-        n /= 1000
+def _size(n: float, *, binary: bool = False) -> str:
+    """Bytes as docker prints them: ``1.98MB`` (images, net I/O), or with ``binary`` as
+    docker stats shows memory, ``12.5MiB``."""
+    step, units, digits = (1024, ("B", "KiB", "MiB", "GiB"), 4) if binary else \
+        (1000, ("B", "kB", "MB", "GB"), 3)
+    for unit in units:
+        if n < step or unit == units[-1]:
+            return f"{n:.{digits}g}{unit}"
+        n /= step
     return str(n)
 
 

@@ -670,8 +670,7 @@ class Engine:
         from .changes import changes
 
         c = self.containers.get(ref)
-        image = self.images.get(c.config["Image"])
-        lowers = [os.path.join(self.root, d) for d in self.images.lowerdirs(image)]
+        lowers = self._image_layers(c)
         if os.path.isdir(c.path("init")):
             lowers.insert(0, c.path("init"))
         return changes(c.path("upper"), lowers)
@@ -682,11 +681,13 @@ class Engine:
         from .export import export_tar
 
         c = self.containers.get(ref)
-        image = self.images.get(c.config["Image"])
-        layers = [c.path("upper")] + [os.path.join(self.root, d)
-                                      for d in self.images.lowerdirs(image)]
-        export_tar(layers, out)
+        export_tar([c.path("upper"), *self._image_layers(c)], out)
         self._container_event("export", c)
+
+    def _image_layers(self, c: Container) -> list[str]:
+        """The container's image's layer directories, top-most first, absolute."""
+        image = self.images.get(c.config["Image"])
+        return [os.path.join(self.root, d) for d in self.images.lowerdirs(image)]
 
     def top(self, ref: str) -> dict[str, Any]:
         """The running container's processes as ``ps -ef`` shows them (``docker top``):
@@ -774,6 +775,7 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """What ``chanbox info`` prints: counts, drivers, kernel and security features."""
         from . import security
+        from .stats import host_memory
 
         states = [self.status(c) for c in self.containers.list()]
         cg = cgroups.info()
@@ -787,7 +789,7 @@ class Engine:
             "CgroupVersion": cg.get("version"), "Cgroups": cg,
             "KernelVersion": os.uname().release, "OperatingSystem": _os_name(),
             "OSType": "linux", "Architecture": os.uname().machine,
-            "NCPU": os.cpu_count(), "MemTotal": _mem_total(), "Name": os.uname().nodename,
+            "NCPU": os.cpu_count(), "MemTotal": host_memory(), "Name": os.uname().nodename,
             "Security": sec, "ServerVersion": VERSION,
         }
 
@@ -927,10 +929,3 @@ def _os_name() -> str:
         pass
     return "Linux"
 
-
-def _mem_total() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            return int(f.readline().split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0

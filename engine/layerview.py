@@ -43,19 +43,18 @@ class LayerView:
     def __init__(self, lowers: list[str]) -> None:
         self.lowers = lowers
 
-    def _layers_for(self, rel: str) -> list[str]:
-        """The layers that can show ``rel``, top first.
+    def _layers_with_dirs(self, dirs: list[str]) -> list[str]:
+        """The layers where the path of directories ``dirs`` shows, top first.
 
-        A layer shows it when every parent of ``rel`` is a real directory there (never
-        through a symlink: a layer's ``/a -> /etc`` must not lead to the host's /etc).
-        A parent that is a file, a symlink or a whiteout hides ``rel`` in that layer and
-        in every layer below, as overlayfs does; an opaque parent hides it below.
+        A layer shows it when each of ``dirs`` is a real directory there (never through
+        a symlink: a layer's ``/a -> /etc`` must not lead to the host's /etc).  One that
+        is a file, a symlink or a whiteout hides the path in that layer and in every
+        layer below, as overlayfs does; an opaque one hides it below.
         """
-        parts = rel.split("/")[:-1]
         shown = []
         for layer in self.lowers:
             path, hides_below = layer, False
-            for comp in parts:
+            for comp in dirs:
                 path = os.path.join(path, comp)
                 try:
                     st = os.lstat(path)
@@ -74,7 +73,7 @@ class LayerView:
     def locate(self, rel: str) -> tuple[str, os.stat_result] | None:
         """Where the entry ``rel`` shows from (the top-most layer's path) and its lstat;
         None if the merged tree has no such entry."""
-        for layer in self._layers_for(rel):
+        for layer in self._layers_with_dirs(rel.split("/")[:-1]):
             path = os.path.join(layer, rel)
             try:
                 st = os.lstat(path)
@@ -98,7 +97,7 @@ class LayerView:
         """What the image's directory ``rel`` holds."""
         names: set[str] = set()
         gone: set[str] = set()
-        for layer in (self._layers_for(rel + "/x") if rel else self.lowers):
+        for layer in self._layers_with_dirs(rel.split("/") if rel else []):
             d = os.path.join(layer, rel)
             try:
                 entries = entries_of(d)

@@ -10,7 +10,7 @@ from typing import Any
 from . import cgroups
 from .timefmt import rfc3339
 
-__all__ = ["sample", "cpu_percent", "memory_use"]
+__all__ = ["sample", "cpu_percent", "memory_use", "host_memory"]
 
 
 def sample(container_id: str, name: str, paths: list[str], init_pid: int,
@@ -18,7 +18,7 @@ def sample(container_id: str, name: str, paths: list[str], init_pid: int,
     """One reading of the container's cgroups and network; ``previous`` (an earlier
     reading) becomes ``precpu_stats``, as the daemon does between two reads."""
     use = cgroups.usage(paths)
-    mem_limit = use["memory_limit"] or _host_memory()
+    mem_limit = use["memory_limit"] or host_memory()
     stats: dict[str, Any] = {
         "read": rfc3339(time.time_ns()),
         "preread": previous["read"] if previous else "0001-01-01T00:00:00Z",
@@ -59,9 +59,13 @@ def _system_cpu_ns() -> int:
     return sum(int(x) for x in fields) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
-def _host_memory() -> int:
-    with open("/proc/meminfo") as f:
-        return int(f.readline().split()[1]) * 1024
+def host_memory() -> int:
+    """The host's memory in bytes (MemTotal); 0 if /proc cannot say."""
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _networks(pid: int) -> dict[str, dict[str, int]]:

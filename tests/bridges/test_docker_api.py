@@ -374,8 +374,25 @@ def test_docker_export(bridge: BridgeProc, tmp_path) -> None:
 
         with tarfile.open(tmp_path / "rootfs.tar") as t:
             assert "bin/busybox" in t.getnames()
+        p = bridge.docker("export", "-o", str(tmp_path / "none.tar"), "cbx-no-such-container")
+        assert p.returncode != 0 and not (tmp_path / "none.tar").exists()
     finally:
         bridge.docker("rm", cid)
+
+
+def test_streamed_stats_come_every_second_and_end_with_the_container(bridge: BridgeProc) -> None:
+    cid = ok(bridge.docker("run", "-d", "busybox", "sleep", "3")).strip()
+    try:
+        status, _, body = request(bridge, "GET", f"/containers/{cid}/stats")  # stream=1
+        assert status == 200
+        readings = [json.loads(line) for line in body.splitlines()]
+        assert 1 <= len(readings) <= 4 and all(r["id"] == cid for r in readings)
+        for before, after in zip(readings, readings[1:]):
+            assert after["precpu_stats"] == before["cpu_stats"]  # as the daemon keeps them
+        status, _, _ = request(bridge, "GET", "/containers/cbx-no-such-container/stats")
+        assert status == 404
+    finally:
+        bridge.docker("rm", "-f", cid)
 
 
 def test_docker_stats(bridge: BridgeProc) -> None:
