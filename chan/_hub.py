@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import select
 import threading
 import time
 import weakref
@@ -202,7 +203,12 @@ class Hub:
                 if poller is None or local.generation != self.generation \
                         or local.fd != alarm.fd:
                     with LOCK:
-                        poller = self._make_poller(alarm.fd, sockets=True)
+                        # The sockets' notification fds and the alarm are plain fds:
+                        # select.poll waits on them without pyzmq's per-call wrapping.
+                        poller = select.poll()
+                        poller.register(alarm.fd, select.POLLIN)
+                        for sock_fd in self.by_fd:
+                            poller.register(sock_fd, select.POLLIN)
                         local.poller, local.generation, local.fd = \
                             poller, self.generation, alarm.fd
                 if deadline is None:

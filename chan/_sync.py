@@ -142,24 +142,28 @@ class _Alarm:
     ``poll`` on its alarm and on the transport's sockets at once (see ``POLL_HOOK``).
     """
 
-    __slots__ = ("fd", "rung", "owner")
+    __slots__ = ("fd", "rung", "owner", "written")
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.rung = False
         self.owner = threading.get_ident()
+        self.written = False  # the eventfd may be readable (both run under the lock)
 
     def ring(self) -> None:
         self.rung = True
         if threading.get_ident() != self.owner:  # the owner itself is not asleep
+            self.written = True
             os.eventfd_write(self.fd, 1)
 
     def clear(self) -> None:
         self.rung = False
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
+        if self.written:  # most waits were rung by their own thread: no syscall then
+            self.written = False
+            try:
+                os.eventfd_read(self.fd)
+            except BlockingIOError:
+                pass
 
     def __del__(self) -> None:
         os.close(self.fd)
