@@ -57,33 +57,35 @@ def _keep_xattr(name: str) -> bool:
 
 
 class _Source:
-    """The uncompressed tar stream, hashed; a gzipped one is gunzipped by a helper thread.
+    """The uncompressed tar stream, hashed on a second core.
 
-    zlib's inflate costs about as much as the extraction's own Python, and it drops
-    the GIL, as do the reads and sha256: in a thread of their own they run on a
-    second core beside the parser.  Chunks of up to 1 MiB pass through a short queue,
-    so memory stays bounded and a slow extraction slows the reading.  A plain tar
-    is read and hashed in line: handing its chunks over cost more than it saved.
-    :meth:`read` hands out the chunks (or raises what the thread met);
+    sha256 and zlib's inflate drop the GIL, so in a helper thread they run beside the
+    parser, whose Python holds it.  A gzipped stream is read, gunzipped and hashed
+    by the helper, which hands the chunks over a short queue (memory stays bounded
+    and a slow extraction slows the reading).  A plain stream is read in line (a
+    thread between the file and the parser cost more than it saved) and only its
+    hashing is handed to the helper, which runs far ahead of the extraction.
+    :meth:`read` hands out the chunks (or raises what the helper met);
     :meth:`hexdigest` is the sha256 of everything handed out.
     """
 
     def __init__(self, fileobj: IO[bytes]) -> None:
         self._digest = hashlib.sha256()
         self._ended = False
+        self._stopping = False
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
         magic = _read_upto(fileobj, 2)
         if magic != b"\x1f\x8b":
             self._plain: Iterator[bytes] | None = _plain_chunks(fileobj, magic)
-            self._thread = None
-            return
-        self._plain = None
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, args=(_gunzip_chunks(fileobj, magic),),
-                                        name="cbx-layer-gunzip", daemon=True)
+            target, args = self._hash, ()
+        else:
+            self._plain = None
+            target, args = self._run, (_gunzip_chunks(fileobj, magic),)
+        self._thread = threading.Thread(target=target, args=args, name="cbx-layer-source", daemon=True)
         self._thread.start()
 
     def _run(self, chunks: Iterator[bytes]) -> None:
+        """Gzip: read, gunzip and hash, handing the chunks to :meth:`read`."""
         try:
             for chunk in chunks:
                 if self._stopping:
@@ -95,6 +97,12 @@ class _Source:
         else:
             self._queue.put(None)
 
+    def _hash(self) -> None:
+        """Plain: hash what :meth:`read` queues, until None."""
+        update, get = self._digest.update, self._queue.get
+        while (chunk := get()) is not None:
+            update(chunk)
+
     def read(self, size: int = -1) -> bytes:
         """The next chunk (of any length up to 1 MiB); b"" at the end."""
         if self._ended:
@@ -102,7 +110,7 @@ class _Source:
         if self._plain is not None:
             item: bytes | BaseException | None = next(self._plain, None)
             if item is not None:
-                self._digest.update(item)
+                self._queue.put(item)
         else:
             item = self._queue.get()
         if item is None:
@@ -119,8 +127,12 @@ class _Source:
         return self._digest.hexdigest()
 
     def stop(self) -> None:
-        """End the thread, whether or not the stream was read to its end (idempotent)."""
-        if self._thread is None:
+        """End the helper, whether or not the stream was read to its end (idempotent)."""
+        if not self._thread.is_alive():
+            return
+        if self._plain is not None:
+            self._queue.put(None)  # the hasher ends after what is queued
+            self._thread.join()
             return
         self._stopping = True
         while self._thread.is_alive():
@@ -306,6 +318,10 @@ _HEADER_ONLY = frozenset(b"123456")
 _POSIX_MAGIC = b"ustar\x0000"
 _ZERO_BLOCK = bytes(_BLOCK)
 _SPARSE = ord("S")
+_PAX, _GLOBAL_PAX, _LONGNAME = ord("x"), ord("g"), ord("L")
+_EXTENDED = frozenset(b"xgLK")  # headers that describe the header after them
+_DEVICES = frozenset(b"34")
+_TYPE_BYTES = tuple(bytes((i,)) for i in range(256))
 # the pax keys that mark a GNU sparse member (formats 0.0, 0.1 and 1.0), as tarfile reads them
 _SPARSE_KEYS = frozenset(("GNU.sparse.size", "GNU.sparse.offset", "GNU.sparse.map", "GNU.sparse.major"))
 
@@ -382,15 +398,25 @@ class _TarStream:
     def __iter__(self) -> Iterator[tarfile.TarInfo]:
         return self
 
-    def __next__(self) -> tarfile.TarInfo:
+    def _block(self, pos: int) -> bytes:
+        """The 512 bytes at stream offset ``pos`` (fewer at the end), read forward."""
         reader = self.reader
-        reader.seek(self._next)
+        at = pos - reader._base
+        data = reader._data
+        if 0 <= at and at + _BLOCK <= len(data):  # the usual case: a slice of the buffer
+            reader._off = at + _BLOCK
+            return data[at:at + _BLOCK]
+        reader.seek(pos)
+        return reader.read(_BLOCK)
+
+    def __next__(self) -> tarfile.TarInfo:
         self.sparse_tar = None
         pax: dict[str, str] = {}
         longname = longlink = None
         raw: list[bytes] = []
+        pos = self._next
         while True:
-            buf = reader.read(_BLOCK)
+            buf = self._block(pos)
             if not buf or (not raw and buf == _ZERO_BLOCK):
                 if raw:
                     raise InvalidArgument("layer tar ends inside a member's headers; the archive is incomplete")
@@ -398,46 +424,56 @@ class _TarStream:
             if len(buf) != _BLOCK:
                 raise InvalidArgument("layer tar is truncated inside a header; the archive is incomplete")
             try:
-                chksum = _nti(buf[148:156])
-            except InvalidArgument:
-                chksum = -1  # reported as a bad checksum below
+                chksum = int(buf[148:156].rstrip(b"\0 "), 8)
+            except ValueError:
+                try:
+                    chksum = _nti_other(buf[148:156])
+                except InvalidArgument:
+                    chksum = -1  # reported as a bad checksum below
             # the unsigned sum (what every writer uses) first; the signed one is rare
             if chksum != _header_sum(buf) and chksum not in tarfile.calc_chksums(buf):
                 raise InvalidArgument(
-                    f"layer tar has a header with a bad checksum at byte {reader.pos - _BLOCK}; "
+                    f"layer tar has a header with a bad checksum at byte {pos}; "
                     "the archive is corrupt (fetch or build it again)"
                 )
             raw.append(buf)
+            pos += _BLOCK
             typ = buf[156]
             size = _nti(buf[124:136])
-            if typ in b"xgLK":
-                data = self._read_exact(size + (-size % _BLOCK), "an extended header")
-                raw.append(data)
-                data = data[:size]
-                if typ == ord("x"):
-                    _parse_pax(data, pax)
-                elif typ == ord("g"):
-                    _parse_pax(data, self._globals)
-                    raw.clear()
-                elif typ == ord("L"):
-                    longname = _nts(data)
-                else:
-                    longlink = _nts(data)
-                continue
-            break
-        if typ == _SPARSE or (pax and not _SPARSE_KEYS.isdisjoint(pax.keys())):
+            if typ not in _EXTENDED:
+                break
+            data = self._read_exact(size + (-size % _BLOCK), "an extended header")
+            pos += len(data)
+            raw.append(data)
+            data = data[:size]
+            if typ == _PAX:
+                _parse_pax(data, pax)
+            elif typ == _GLOBAL_PAX:
+                _parse_pax(data, self._globals)
+                raw.clear()
+            elif typ == _LONGNAME:
+                longname = _nts(data)
+            else:
+                longlink = _nts(data)
+        if typ == _SPARSE or (pax and not _SPARSE_KEYS.isdisjoint(pax)):
             return self._sparse(b"".join(raw))
         name = longname if longname is not None else _nts(buf[0:100])
-        if longname is None and buf[257:265] == _POSIX_MAGIC and buf[345] != 0:
+        if longname is None and buf[345] and buf[257:265] == _POSIX_MAGIC:
             name = _nts(buf[345:500]) + "/" + name
         m = tarfile.TarInfo(name)
-        m.mode = _nti(buf[100:108])
-        m.uid = _nti(buf[108:116])
-        m.gid = _nti(buf[116:124])
-        m.mtime = _nti(buf[136:148])
-        m.type = bytes((typ,))
-        m.linkname = longlink if longlink is not None else _nts(buf[157:257])
-        if typ in b"34":
+        try:  # the usual fields: octal digits ended by NUL or space
+            m.mode = int(buf[100:108].rstrip(b"\0 "), 8)
+            m.uid = int(buf[108:116].rstrip(b"\0 "), 8)
+            m.gid = int(buf[116:124].rstrip(b"\0 "), 8)
+            m.mtime = int(buf[136:148].rstrip(b"\0 "), 8)
+        except ValueError:
+            m.mode = _nti(buf[100:108])
+            m.uid = _nti(buf[108:116])
+            m.gid = _nti(buf[116:124])
+            m.mtime = _nti(buf[136:148])
+        m.type = _TYPE_BYTES[typ]
+        m.linkname = longlink if longlink is not None else _nts(buf[157:257]) if buf[157] else ""
+        if typ in _DEVICES:
             m.devmajor = _nti(buf[329:337])
             m.devminor = _nti(buf[337:345])
         if typ == 0 and name.endswith("/"):
@@ -466,7 +502,7 @@ class _TarStream:
         if size < 0:
             raise InvalidArgument(f"layer tar gives {m.name!r} a negative size; the archive is corrupt")
         m.size = size
-        m.offset_data = pos = reader.pos
+        m.offset_data = pos
         # as tarfile: no data follows a link, device, directory or FIFO header, whatever
         # its size field says
         self._next = pos + (0 if typ in _HEADER_ONLY else size + (-size % _BLOCK))
