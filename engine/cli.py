@@ -1061,5 +1061,5 @@ def generate(name: str) -> None:
 
 
 # More commands, each family in its own module (they import only click at load time).
-from . import cli_network, cli_prune, cli_transfer  # noqa: E402,F401  (network, prune, load/save/...)
+from . import cli_copy, cli_network, cli_prune, cli_transfer  # noqa: E402,F401  (cp, network, prune, load/save/...)
 from bridges import cli as _bridges_cli  # noqa: E402,F401  (registers bridge, hosts)

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Callable
 
 from . import cgroups, failpoints, fsutil, logs, monitor_client
 from .binds import bind_text, parse_bind
@@ -683,6 +683,51 @@ class Engine:
         c = self.containers.get(ref)
         export_tar([c.path("upper"), *self._image_layers(c)], out)
         self._container_event("export", c)
+
+    def _root_spec(self, c: Container) -> dict[str, Any]:
+        """Where :mod:`engine.containerfs` finds the container's root: its init process's
+        while it runs, else its layers (mounted in a namespace of the helper's own)."""
+        if self.status(c) in ("running", "paused"):
+            pid = (c.monitor or {}).get("pid")
+            if pid:
+                return {"pid": pid, "cgroup": f"/cbx/{c.id}"}
+        lowers = self.images.lowerdirs(self.images.get(c.config["Image"]))
+        if os.path.isdir(c.path("init")):
+            lowers = [os.path.relpath(c.path("init"), self.root), *lowers]
+        return {"layer_root": self.root, "lowerdirs": lowers, "upper": c.path("upper"),
+                "work": c.path("work"), "mountpoint": c.path("rootfs")}
+
+    def archive_stat(self, ref: str, path: str) -> dict[str, Any]:
+        """A path in the container as Docker's path stat: ``{"name", "size", "mode"
+        (Go's FileMode bits), "mtime", "linkTarget"}``; NotFound if it is not there."""
+        from .containerfs import run_helper
+
+        return run_helper(self._root_spec(self.containers.get(ref)), "stat", path)
+
+    def archive_get(self, ref: str, path: str, out: Any,
+                    on_stat: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Write a tar of ``path`` in the container to the binary file ``out`` (``docker
+        cp`` out of it); the path's stat, also given to ``on_stat`` before the tar.  The
+        tar's top entry is named after the path's last component; a path ending in
+        ``/.`` gives the directory's contents as ``.``."""
+        from .containerfs import run_helper
+
+        c = self.containers.get(ref)
+        info = run_helper(self._root_spec(c), "get", path, stdout=out, on_stat=on_stat)
+        self._container_event("archive-path", c)
+        return info
+
+    def archive_put(self, ref: str, path: str, tar: Any, *, copy_uid_gid: bool = False) -> None:
+        """Extract the tar read from the binary file ``tar`` into the directory ``path`` in
+        the container (``docker cp`` into it).  Files belong to the container's root
+        unless ``copy_uid_gid`` keeps the tar's owners; a directory is never replaced by a
+        file or the reverse."""
+        from .containerfs import run_helper
+
+        c = self.containers.get(ref)
+        run_helper(self._root_spec(c), "put", path, stdin=tar,
+                   owner=None if copy_uid_gid else (0, 0))
+        self._container_event("extract-to-dir", c)
 
     def _image_layers(self, c: Container) -> list[str]:
         """The container's image's layer directories, top-most first, absolute."""

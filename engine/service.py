@@ -82,7 +82,8 @@ STREAMED = object()
 # not pay a thread start each.
 _LONG_VERBS = frozenset({"attach", "exec", "log", "wait", "watch", "stop", "start", "stats",
                          "spawn", "commit", "import", "bootstrap", "rm", "load", "save",
-                         "pull", "push", "export", "container_prune", "image_prune"})
+                         "pull", "push", "export", "container_prune", "image_prune",
+                         "archive_get", "archive_put"})
 
 
 class _Workers:

@@ -8,6 +8,12 @@
   (a ByteStream) the tarball is written there (``chanbox save img | gzip``).
 - ``export`` (id, path or stream) -> ``{}``: the container's filesystem as a tar, written
   to ``path`` on the engine's host or into the ByteStream ``stream``.
+- ``archive_stat`` (id, path) -> a path in the container as Docker's path stat
+  ``{"name", "size", "mode", "mtime", "linkTarget"}``.
+- ``archive_get`` (id, path, stream) -> ``{"stat": ...}`` first, then a tar of the path
+  written into the ByteStream ``stream`` (``docker cp CONTAINER:PATH ...``).
+- ``archive_put`` (id, path, stream, copy_uid_gid) -> ``{}``: the tar read from
+  ``stream`` extracted into the directory ``path`` in the container.
 - ``pull`` (ref, insecure) and ``push`` (ref, insecure) -> a stream of progress messages
   ``{"layer", "status", "current", "total"}``, then ``{"id", "ref"}`` (push adds the
   manifest's ``digest``).
@@ -107,6 +113,27 @@ def _v_export(engine: Engine, a: _Args, ret: Any) -> Any:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
         raise
+    return {}
+
+
+@verb("archive_stat")
+def _v_archive_stat(engine: Engine, a: _Args, ret: Any) -> Any:
+    return engine.archive_stat(a.id(), a.get("path", str, required=True))
+
+
+@verb("archive_get")
+def _v_archive_get(engine: Engine, a: _Args, ret: Any) -> Any:
+    stream = a.get("stream", chan.ByteStream, required=True)
+    engine.archive_get(a.id(), a.get("path", str, required=True), stream,
+                       on_stat=lambda info: ret.send({"stat": info}))
+    return STREAMED  # (service.handle closes the stream)
+
+
+@verb("archive_put")
+def _v_archive_put(engine: Engine, a: _Args, ret: Any) -> Any:
+    stream = a.get("stream", chan.ByteStream, required=True)
+    engine.archive_put(a.id(), a.get("path", str, required=True), stream,
+                       copy_uid_gid=a.get("copy_uid_gid", bool, False))
     return {}
 
 

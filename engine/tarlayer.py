@@ -565,9 +565,10 @@ class _Extractor:
     import of many small files.
     """
 
-    def __init__(self, dest: str, allow_devices: bool) -> None:
+    def __init__(self, dest: str, allow_devices: bool, layer: bool = True) -> None:
         self.dest = os.path.abspath(dest)
         self.allow_devices = allow_devices
+        self.layer = layer
         self.safe_dirs: dict[str, bool] = {"": os.stat(self.dest).st_gid == _EGID}
         self.dir_times: list[tuple[str, int]] = []
         self.size = 0
@@ -622,8 +623,12 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
+            if not self.layer:
+                raise InvalidArgument(f"cannot overwrite the directory {rel!r} with a non-directory")
             shutil.rmtree(path)
             self.safe_dirs = {d: g for d, g in self.safe_dirs.items() if d != rel and not d.startswith(rel + "/")}
+        elif keep_dir and not self.layer:
+            raise InvalidArgument(f"cannot overwrite the non-directory {rel!r} with a directory")
         else:
             os.unlink(path)
 
@@ -658,7 +663,7 @@ class _Extractor:
                 self.dir_times.append((self.dest, int(m.mtime * 1_000_000_000)))
             return
         base = parts[-1]
-        if base.startswith(WHITEOUT_PREFIX):
+        if self.layer and base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parts, m)
             return
         path = self._ensure_parent(parts, m.name)
@@ -759,7 +764,8 @@ class _Extractor:
             os.utime(path, ns=(mt, mt), follow_symlinks=False)
 
 
-def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False) -> tuple[str, int]:
+def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False, layer: bool = True,
+              owner: tuple[int, int] | None = None) -> tuple[str, int]:
     """Extract a layer tar (plain or gzip, detected by magic) into the directory ``dest``.
 
     OCI whiteouts become overlay whiteouts (``.wh.NAME`` -> char device 0/0 ``NAME``,
@@ -771,13 +777,20 @@ def apply_tar(fileobj: BinaryIO, dest: str, *, allow_devices: bool = False) -> t
     total size of its regular files.  Raises :class:`InvalidArgument` naming the entry for
     ``..`` components, absolute or dangling hard links, an entry whose parent is a
     symlink, a device node without ``allow_devices``, or a corrupt archive.
+
+    ``layer=False`` extracts a plain tar into a tree that already holds files (``docker
+    cp``): ``.wh.`` names are ordinary names, and an entry may replace a file with a file
+    but never a directory with a non-directory or the reverse.  ``owner`` (uid, gid)
+    replaces the owners the tar gives.
     """
     source = _Source(fileobj)
     reader = _ForwardReader(source)  # type: ignore[arg-type]
-    ex = _Extractor(dest, allow_devices)
+    ex = _Extractor(dest, allow_devices, layer)
     try:
         tar = _TarStream(reader)
         for member in tar:
+            if owner is not None:
+                member.uid, member.gid = owner
             ex.entry(tar, member)
         # the digest covers the whole stream, end-of-archive padding included
         while tar.reader.read(_BUFSIZE):

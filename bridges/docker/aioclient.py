@@ -34,6 +34,12 @@ class AsyncClient:
                                     "and this bridge") from exc
         return ret_rx
 
+    async def receiver(self, verb: str, **args: Any) -> Any:
+        """Send ``verb`` and return the channel its answer comes on (for verbs that
+        stream bytes meanwhile); :func:`engine.client.engine_error` turns a
+        ``chan.RemoteError`` from it into the engine's error."""
+        return await self._send(verb, args)
+
     async def call(self, verb: str, **args: Any) -> Any:
         """Send ``verb`` and return its one reply."""
         rx = await self._send(verb, args)

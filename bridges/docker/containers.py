@@ -16,6 +16,8 @@ Two things the docker CLI's ``run`` needs that the engine's verbs do not give di
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -497,6 +499,85 @@ async def export(request: web.Request) -> web.StreamResponse:
         "export", id=request.match_info["id"], path=path))
 
 
+def _stat_header(info: dict[str, Any]) -> dict[str, str]:
+    """Docker's ``X-Docker-Container-Path-Stat``: the path's stat, JSON in base64."""
+    return {"X-Docker-Container-Path-Stat": base64.b64encode(json.dumps(info).encode()).decode()}
+
+
+def _archive_path(request: web.Request) -> str:
+    path = request.query.get("path", "")
+    if not path:
+        raise errors.InvalidArgument("give the path in the container (path=...)")
+    return path if path.startswith("/") else "/" + path
+
+
+async def archive_head(request: web.Request) -> web.StreamResponse:
+    """``HEAD /containers/ID/archive?path=``: the path's stat, in a header only."""
+    info = await bridge_of(request).client.call(
+        "archive_stat", id=request.match_info["id"], path=_archive_path(request))
+    return web.Response(status=200, headers=_stat_header(info))
+
+
+async def archive_get(request: web.Request) -> web.StreamResponse:
+    """``GET /containers/ID/archive?path=``: a tar of the path (``docker cp`` out)."""
+    import chan
+    import chan.aio
+
+    from engine.client import engine_error
+
+    ours, theirs = chan.aio.stream_pair()
+    rx = await bridge_of(request).client.receiver(
+        "archive_get", id=request.match_info["id"], path=_archive_path(request), stream=theirs)
+    try:
+        try:
+            info = (await rx.recv())["stat"]
+        except chan.RemoteError as exc:
+            raise engine_error(exc) from None
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar", **_stat_header(info)})
+        await resp.prepare(request)
+        try:
+            while data := await ours.read(1 << 20):
+                await resp.write(data)
+            await resp.write_eof()
+        except (ConnectionError, chan.ChannelError):
+            pass  # the client went away, or the engine failed midway: the tar ends short
+        return resp
+    finally:
+        with contextlib.suppress(chan.ChannelError):
+            await ours.close()
+        rx.close()
+
+
+async def archive_put(request: web.Request) -> web.StreamResponse:
+    """``PUT /containers/ID/archive?path=&copyUIDGID=``: extract the tar in the body into
+    the directory ``path`` (``docker cp`` in)."""
+    import chan
+    import chan.aio
+
+    from engine.client import engine_error
+
+    ours, theirs = chan.aio.stream_pair()
+    rx = await bridge_of(request).client.receiver(
+        "archive_put", id=request.match_info["id"], path=_archive_path(request), stream=theirs,
+        copy_uid_gid=flag(request, "copyUIDGID"))
+    try:
+        try:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                await ours.write(chunk)
+            await ours.close_write()
+        except chan.ChannelError:
+            pass  # the engine stopped reading: its answer says why
+        try:
+            await rx.recv()
+        except chan.RemoteError as exc:
+            raise engine_error(exc) from None
+        return web.Response(status=200)
+    finally:
+        with contextlib.suppress(chan.ChannelError):
+            await ours.close()
+        rx.close()
+
+
 async def stats(request: web.Request) -> web.StreamResponse:
     """``GET /containers/ID/stats?stream=&one-shot=``: a reading a second while the
     container runs, or one (two readings half a second apart, so that ``docker stats
@@ -566,6 +647,9 @@ ROUTES = [
     ("GET", "/containers/{id}/top", top),
     ("GET", "/containers/{id}/stats", stats),
     ("GET", "/containers/{id}/export", export),
+    ("HEAD", "/containers/{id}/archive", archive_head),
+    ("GET", "/containers/{id}/archive", archive_get),
+    ("PUT", "/containers/{id}/archive", archive_put),
     ("POST", "/containers/prune", prune),
     ("POST", "/containers/{id}/update", update),
     ("POST", "/containers/{id}/rename", rename),

@@ -616,3 +616,32 @@ def test_the_cli_does_not_load_aiohttp_for_other_commands(bridge: BridgeProc) ->
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.decode().splitlines()[-1] == "[]"
+
+
+def test_docker_cp_both_ways_stays_inside_the_container(bridge: BridgeProc, tmp_path) -> None:
+    # /escape -> / is the container's own symlink: a copy through it lands in the
+    # container's root, never in the host's
+    cid = ok(bridge.docker("run", "-d", "busybox", "sh", "-c",
+                           "mkdir -p /d/sub; echo a > /d/a; echo b > /d/sub/b; ln -s / /escape; "
+                           "sleep 60")).strip()
+    host_marker = f"/cbx-cp-{os.getpid()}"
+    try:
+        ok(bridge.docker("cp", f"{cid}:/d", str(tmp_path / "out")))
+        assert (tmp_path / "out" / "sub" / "b").read_text() == "b\n"
+        ok(bridge.docker("cp", f"{cid}:/d/a", str(tmp_path)))
+        assert (tmp_path / "a").read_text() == "a\n"
+        src = tmp_path / "in"
+        src.mkdir()
+        (src / "f").write_text("copied in\n")
+        os.chmod(src / "f", 0o640)
+        ok(bridge.docker("cp", str(src), f"{cid}:/escape{host_marker}"))
+        assert not os.path.exists(host_marker)
+        listing = ok(bridge.docker("exec", cid, "ls", "-ln", f"{host_marker}/f"))
+        assert listing.startswith("-rw-r-----") and " 0 " in listing  # the container's root owns it
+        assert ok(bridge.docker("exec", cid, "cat", f"{host_marker}/f")) == "copied in\n"
+        p = bridge.docker("cp", f"{cid}:/no/such/path", str(tmp_path / "x"))
+        assert p.returncode != 0 and "no such file" in err(p).lower()
+        p = bridge.docker("cp", str(src / "f"), "cbx-no-such-container:/tmp")
+        assert p.returncode != 0 and "no such container" in err(p).lower()
+    finally:
+        bridge.docker("rm", "-f", cid)

@@ -469,3 +469,26 @@ def test_files_under_a_set_group_id_directory_get_the_group_the_tar_says(tmp, se
     assert os.stat(f"{dest}/shared/sub/deeper").st_gid == 0
     assert os.stat(f"{dest}/shared/group-file").st_gid == 4321
     assert os.stat(f"{dest}/shared/root-file").st_uid == 0
+
+
+def test_a_plain_tar_into_a_tree_keeps_whiteout_names_and_never_swaps_dirs_and_files(tmp) -> None:
+    def tar_of(*names: str) -> io.BytesIO:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name in names:
+                ti = tarfile.TarInfo(name.rstrip("/"))
+                if name.endswith("/"):
+                    ti.type = tarfile.DIRTYPE
+                t.addfile(ti, io.BytesIO(b""))
+        buf.seek(0)
+        return buf
+
+    os.makedirs(f"{tmp}/dir")
+    open(f"{tmp}/file", "w").close()
+    apply_tar(tar_of(".wh.kept", "file"), tmp, layer=False, owner=(0, 0))
+    assert os.path.isfile(f"{tmp}/.wh.kept") and not os.path.exists(f"{tmp}/kept")
+    with pytest.raises(InvalidArgument, match="directory 'dir' with a non-directory"):
+        apply_tar(tar_of("dir"), tmp, layer=False)
+    with pytest.raises(InvalidArgument, match="non-directory 'file' with a directory"):
+        apply_tar(tar_of("file/"), tmp, layer=False)
+    assert os.path.isdir(f"{tmp}/dir") and os.path.isfile(f"{tmp}/file")
