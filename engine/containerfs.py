@@ -46,7 +46,8 @@ from .timefmt import rfc3339
 
 __all__ = ["RootSpec", "run_helper", "go_mode"]
 
-RootSpec = dict  # {"pid", "cgroup"} or {"layer_root", "lowerdirs", "upper", "work", "mountpoint"}
+# {"pid", "cgroup"}, or {"layer_root", "lowerdirs", "mountpoint"} and, to write, {"upper", "work"}
+RootSpec = dict
 
 _BUF = 1 << 20
 
@@ -163,9 +164,13 @@ def _enter(spec: RootSpec) -> None:
         syscalls.unshare(syscalls.CLONE_NEWNS)
         syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
         os.chdir(spec["layer_root"])  # the lowerdirs are relative to it (short options)
-        opts = (f"lowerdir={':'.join(spec['lowerdirs'])},upperdir={spec['upper']},"
-                f"workdir={spec['work']}")
-        syscalls.mount("overlay", spec["mountpoint"], "overlay", 0, opts)
+        if spec.get("upper"):
+            opts = (f"lowerdir={':'.join(spec['lowerdirs'])},upperdir={spec['upper']},"
+                    f"workdir={spec['work']}")
+            syscalls.mount("overlay", spec["mountpoint"], "overlay", 0, opts)
+        else:  # only to read: the writable layer as the top lower one, its workdir untouched
+            syscalls.mount("overlay", spec["mountpoint"], "overlay", syscalls.MS_RDONLY,
+                           f"lowerdir={':'.join(spec['lowerdirs'])}")
         root = os.open(spec["mountpoint"], os.O_RDONLY | os.O_DIRECTORY)
     os.fchdir(root)
     os.chroot(".")

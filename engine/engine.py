@@ -684,9 +684,11 @@ class Engine:
         export_tar([c.path("upper"), *self._image_layers(c)], out)
         self._container_event("export", c)
 
-    def _root_spec(self, c: Container) -> dict[str, Any]:
+    def _root_spec(self, c: Container, write: bool = False) -> dict[str, Any]:
         """Where :mod:`engine.containerfs` finds the container's root: its init process's
-        while it runs, else its layers (mounted in a namespace of the helper's own)."""
+        while it runs, else its layers (mounted in a namespace of the helper's own; to
+        read only, the writable layer is the top lower one and its workdir stays
+        untouched)."""
         if self.status(c) in ("running", "paused"):
             pid = (c.monitor or {}).get("pid")
             if pid:
@@ -694,8 +696,12 @@ class Engine:
         lowers = self.images.lowerdirs(self.images.get(c.config["Image"]))
         if os.path.isdir(c.path("init")):
             lowers = [os.path.relpath(c.path("init"), self.root), *lowers]
-        return {"layer_root": self.root, "lowerdirs": lowers, "upper": c.path("upper"),
-                "work": c.path("work"), "mountpoint": c.path("rootfs")}
+        spec = {"layer_root": self.root, "lowerdirs": lowers, "mountpoint": c.path("rootfs")}
+        if write:
+            spec.update(upper=c.path("upper"), work=c.path("work"))
+        else:
+            spec["lowerdirs"] = [os.path.relpath(c.path("upper"), self.root), *lowers]
+        return spec
 
     def archive_stat(self, ref: str, path: str) -> dict[str, Any]:
         """A path in the container as Docker's path stat: ``{"name", "size", "mode"
@@ -725,7 +731,7 @@ class Engine:
         from .containerfs import run_helper
 
         c = self.containers.get(ref)
-        run_helper(self._root_spec(c), "put", path, stdin=tar,
+        run_helper(self._root_spec(c, write=True), "put", path, stdin=tar,
                    owner=None if copy_uid_gid else (0, 0))
         self._container_event("extract-to-dir", c)
 

@@ -113,10 +113,12 @@ def test_into_a_running_container(engine: Engine) -> None:
 
 
 def test_a_stopped_container_is_read_and_written_through_its_layers(engine: Engine) -> None:
-    cid = engine.create("busybox", ["sh", "-c", "cat /d/a /etc/added"], network="none")
+    cid = engine.create("busybox", ["sh", "-c", "rm /bin/vi; cat /d/a /etc/added"], network="none")
     engine.start(cid)
     engine.wait(cid)
     mounts = _mounts()
+    with pytest.raises(NotFound):  # its writable layer's whiteout hides the image's file
+        engine.archive_stat(cid, "/bin/vi")
     engine.archive_put(cid, "/", _tar({"d/a": b"from cp\n", "etc/added": b"too\n"}))
     assert _members(engine, cid, "/d") == {"d": None, "d/a": b"from cp\n"}
     assert _members(engine, cid, "/bin/busybox")["busybox"]  # from the image's layer
