@@ -1,4 +1,4 @@
-"""Bind mounts of host paths into a container: Docker's ``-v SRC:DST[:OPTIONS]`` form."""
+"""Mounts of host paths and volumes into a container: Docker's ``-v SRC:DST[:OPTIONS]`` form."""
 
 from __future__ import annotations
 
@@ -13,20 +13,30 @@ _OPTIONS = {"ro", "rw", "z", "Z", "rprivate", "private"}  # z/Z: SELinux labels,
 
 
 def parse_bind(text: str) -> dict[str, Any]:
-    """``"/src:/dst[:ro]"`` as ``{"source", "target", "readonly"}``.
+    """``"SRC:/dst[:ro]"`` as ``{"source", "volume", "target", "readonly"}``.
 
-    The source must be an absolute host path (a name would be a named volume, which
-    chanbox does not have); the target an absolute path in the container, not ``/``.
-    Both are normalised (``/a/./b/`` is ``/a/b``); ``..`` is refused in the target.
+    SRC is an absolute host path (``source``) or a volume's name (``volume``; its
+    ``source`` is None until the engine resolves it); ``"/dst"`` alone is an anonymous
+    volume (``volume`` is ``""`` until the engine names it).  The target is an absolute
+    path in the container, not ``/``.  Paths are normalised (``/a/./b/`` is ``/a/b``);
+    ``..`` is refused in the target.
     """
     parts = text.split(":")
-    if len(parts) not in (2, 3):
-        raise InvalidArgument(f"invalid volume {text!r}: use -v /host/path:/container/path[:ro]")
+    if len(parts) == 1:
+        parts = ["", parts[0]]
+    elif len(parts) not in (2, 3):
+        raise InvalidArgument(f"invalid volume {text!r}: use -v /host/path:/container/path[:ro] "
+                              "or -v NAME:/container/path[:ro]")
     source, target = parts[0], parts[1]
     options = parts[2].split(",") if len(parts) == 3 else []
+    volume = None
     if not source.startswith("/"):
-        raise InvalidArgument(f"invalid volume {text!r}: {source!r} is not an absolute host path "
-                              "(named volumes are not supported; give the host directory)")
+        from .volumes import valid_name
+
+        if source and not valid_name(source):
+            raise InvalidArgument(f"invalid volume {text!r}: {source!r} is neither an absolute "
+                                  "host path nor a volume name (letters, digits, _ . -)")
+        volume, source = source, None
     if not target.startswith("/") or os.path.normpath(target) == "/":
         raise InvalidArgument(f"invalid volume {text!r}: the mount point {target!r} must be an "
                               "absolute path in the container, other than /")
@@ -35,10 +45,11 @@ def parse_bind(text: str) -> dict[str, Any]:
     bad = [o for o in options if o not in _OPTIONS]
     if bad or ("ro" in options and "rw" in options):
         raise InvalidArgument(f"invalid volume {text!r}: options are ro or rw")
-    return {"source": os.path.normpath(source), "target": os.path.normpath(target),
-            "readonly": "ro" in options}
+    return {"source": None if source is None else os.path.normpath(source), "volume": volume,
+            "target": os.path.normpath(target), "readonly": "ro" in options}
 
 
 def bind_text(bind: dict[str, Any]) -> str:
     """The inverse of :func:`parse_bind` (what ``HostConfig.Binds`` holds)."""
-    return f"{bind['source']}:{bind['target']}" + (":ro" if bind["readonly"] else "")
+    src = bind["source"] if bind["volume"] is None else bind["volume"]
+    return f"{src}:{bind['target']}" + (":ro" if bind["readonly"] else "")

@@ -237,7 +237,8 @@ def _container_options(f: Any) -> Any:
         click.option("--network-alias", multiple=True,
                      help="Another name for the container on its user network."),
         click.option("-v", "--volume", multiple=True,
-                     help="Bind-mount a host path: /HOST/PATH:/CONTAINER/PATH[:ro]."),
+                     help="Mount a host path or a volume: /HOST/PATH|NAME:/CONTAINER/PATH[:ro]; "
+                          "/CONTAINER/PATH alone makes an anonymous volume."),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
         click.option("--privileged", is_flag=True, help="Give all capabilities, no seccomp."),
         click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits."),
@@ -330,7 +331,7 @@ def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, deta
         client.call("start", id=cid)
     except EngineError as exc:
         if remove:
-            client.call("rm", id=cid, force=True)
+            client.call("rm", id=cid, force=True, volumes=True)
         _die(str(exc), exc.exit_status)
     if detach:
         click.echo(cid)
@@ -348,7 +349,7 @@ def run(ctx: click.Context, image: str, cmd: tuple[str, ...], detach: bool, deta
     else:
         code = _follow(client, cid, stdin=kw["interactive"])
     if remove:
-        _call(ctx, "rm", id=cid, force=True)
+        _call(ctx, "rm", id=cid, force=True, volumes=True)  # its anonymous volumes too, as docker's
     sys.exit(code)
 
 
@@ -476,11 +477,12 @@ def wait(ctx: click.Context, containers: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.option("-v", "--volumes", is_flag=True, help="Remove its anonymous volumes too.")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
-def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
+def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove containers."""
-    _each(ctx, "rm", containers, force=force)
+    _each(ctx, "rm", containers, force=force, volumes=volumes)
 
 
 @main.command()
@@ -1061,5 +1063,5 @@ def generate(name: str) -> None:
 
 
 # More commands, each family in its own module (they import only click at load time).
-from . import cli_copy, cli_network, cli_prune, cli_transfer  # noqa: E402,F401  (cp, network, prune, load/save/...)
+from . import cli_copy, cli_network, cli_prune, cli_transfer, cli_volume  # noqa: E402,F401  (cp, network, prune, load/save/..., volume)
 from bridges import cli as _bridges_cli  # noqa: E402,F401  (registers bridge, hosts)

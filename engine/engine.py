@@ -22,6 +22,7 @@ from .errors import Cancelled, Conflict, EngineError, InvalidArgument, NotFound,
 from .images import Image, ImageStore
 from .spec import ContainerSpec, Limits, ProcessSpec
 from .timefmt import ago, human_duration, rfc3339
+from .volumes import VolumeStore
 
 DEFAULT_ROOT = "/var/lib/chanbox"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,6 +50,7 @@ class Engine:
         os.makedirs(self.root, mode=0o711, exist_ok=True)
         self.images = ImageStore(self.root)
         self.containers = ContainerStore(self.root)
+        self.volumes = VolumeStore(self.root)
         self._forker: Any = forker
         self._own_forker = forker is None
         self._journal: Any = None
@@ -201,7 +203,7 @@ class Engine:
                                   "give one after the image name")
         network, bindings = self._check_network(network, ports, network_aliases)
         limits = _check_limits(memory, cpus, pids_limit)
-        mounts = _check_binds(binds or [])
+        mounts = self._check_binds(binds or [], img)
         config = {
             "Image": img.id,
             "Config": {
@@ -353,7 +355,7 @@ class Engine:
                                 cwd=cfg["WorkingDir"] or "/", user=cfg["User"],
                                 terminal=cfg["Tty"]),
             network=hc["NetworkMode"], readonly=hc["ReadonlyRootfs"],
-            privileged=hc["Privileged"], binds=[parse_bind(b) for b in hc.get("Binds") or []])
+            privileged=hc["Privileged"], binds=self._binds(c))
 
     # -- containers: state -------------------------------------------------------------
 
@@ -428,10 +430,7 @@ class Engine:
             "LogPath": c.path("container.log"),
             "Config": {**cfg, "Hostname": cfg["Hostname"] or c.short_id},
             "HostConfig": {"Binds": [], **c.config["HostConfig"]},
-            "Mounts": [{"Type": "bind", "Source": b["source"], "Destination": b["target"],
-                        "Mode": "ro" if b["readonly"] else "", "RW": not b["readonly"],
-                        "Propagation": "rprivate"}
-                       for b in map(parse_bind, c.config["HostConfig"].get("Binds") or [])],
+            "Mounts": [_mount_shape(b) for b in self._binds(c)],
             "NetworkSettings": self._network_settings(c, running),
             "GraphDriver": {"Name": "overlay2", "Data": {
                 "UpperDir": c.path("upper"), "WorkDir": c.path("work"),
@@ -546,8 +545,9 @@ class Engine:
                 time.sleep(0.01)
         return code
 
-    def rm(self, ref: str, *, force: bool = False) -> None:
-        """Remove a container; a running one only with ``force`` (killed first)."""
+    def rm(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        """Remove a container; a running one only with ``force`` (killed first); with
+        ``volumes``, its anonymous volumes too (``rm -v``)."""
         c = self.containers.get(ref)
         st = self.status(c)
         if st in ("running", "paused"):
@@ -561,6 +561,19 @@ class Engine:
             except NotRunning:
                 pass
         self._delete(c)
+        if volumes:
+            self._remove_anonymous_volumes(c)
+
+    def _remove_anonymous_volumes(self, c: Container) -> None:
+        """Remove the anonymous volumes of a removed container (no other can use them)."""
+        for b in map(parse_bind, c.config["HostConfig"].get("Binds") or []):
+            if not b["volume"]:
+                continue
+            try:
+                if self.volumes.get(b["volume"])["Anonymous"]:
+                    self.volume_rm(b["volume"])
+            except (NotFound, Conflict):
+                continue
 
     def _delete(self, c: Container) -> None:
         cgroups.remove(c.cgroups)  # also kills what a dead monitor left running
@@ -683,6 +696,117 @@ class Engine:
         c = self.containers.get(ref)
         export_tar([c.path("upper"), *self._image_layers(c)], out)
         self._container_event("export", c)
+
+    # -- volumes and bind mounts --------------------------------------------------------
+
+    def _check_binds(self, binds: list[str], image: Any) -> list[dict[str, Any]]:
+        """Parse ``-v`` values for a new container: a host directory that does not exist
+        yet is made, a volume that does not exist is created (an anonymous one named),
+        and an empty volume gets what the image holds at its mount point, as with
+        ``docker run -v``.  Two mounts on one target are refused."""
+        out = [parse_bind(b) for b in binds]
+        targets = [b["target"] for b in out]
+        for t in targets:
+            if targets.count(t) > 1:
+                raise InvalidArgument(f"duplicate mount point: {t}")
+        for b in out:
+            if b["volume"] is not None:
+                record, _ = self.volumes.create(b["volume"] or None)
+                b["volume"] = record["Name"]
+                self._seed_volume(record["Name"], image, b["target"])
+            elif not os.path.lexists(b["source"]):
+                try:
+                    os.makedirs(b["source"], 0o755)
+                except OSError as exc:
+                    raise InvalidArgument(f"cannot make the host directory {b['source']} for a "
+                                          f"volume: {exc.strerror}") from None
+        return out
+
+    def _seed_volume(self, name: str, image: Any, target: str) -> None:
+        """Copy what the image holds at ``target`` into the volume, if the volume is
+        empty (Docker's copy on first mount)."""
+        data = self.volumes.path(name)
+        if os.listdir(data):
+            return
+        from .export import export_tar
+        from .layerview import LayerView
+        from .tarlayer import apply_tar
+
+        layers = [os.path.join(self.root, d) for d in self.images.lowerdirs(image)]
+        found = LayerView(layers).locate(target.lstrip("/"))
+        if found is None or not os.path.isdir(found[0]) or os.path.islink(found[0]):
+            return
+        stage = fsutil.staging_dir(self.root, "volume-seed")
+        try:
+            spool = os.path.join(stage, "seed.tar")
+            with open(spool, "wb") as f:
+                export_tar(layers, f, top=target.lstrip("/"))
+            with open(spool, "rb") as f:
+                apply_tar(f, data, layer=False)
+        finally:
+            fsutil.remove_tree(stage)
+
+    def _binds(self, c: Container) -> list[dict[str, Any]]:
+        """The container's mounts with each volume's directory as its source."""
+        out = []
+        for b in map(parse_bind, c.config["HostConfig"].get("Binds") or []):
+            if b["volume"]:
+                b["source"] = self.volumes.path(b["volume"])
+            out.append(b)
+        return out
+
+    def _volume_users(self, name: str) -> list[Container]:
+        return [c for c in self.containers.list()
+                if any(b["volume"] == name for b in
+                       map(parse_bind, c.config["HostConfig"].get("Binds") or []))]
+
+    def volume_create(self, name: str | None = None, *,
+                      labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create a volume (``docker volume create``); an existing name is returned."""
+        record, made = self.volumes.create(name, labels=labels)
+        if made:
+            self._emit("volume", "create", record["Name"], record["Name"], "", {"driver": "local"})
+        return record
+
+    def volume_inspect(self, name: str) -> dict[str, Any]:
+        """A volume in ``docker volume inspect`` shape."""
+        return self.volumes.get(name)
+
+    def volume_ls(self) -> list[dict[str, Any]]:
+        """Every volume."""
+        return self.volumes.list()
+
+    def volume_rm(self, name: str, *, force: bool = False) -> None:
+        """Remove a volume and its files; refused while a container uses it (``force``
+        only makes a missing volume no error, as ``docker volume rm -f``)."""
+        try:
+            self.volumes.get(name)
+        except NotFound:
+            if force:
+                return
+            raise
+        users = self._volume_users(name)
+        if users:
+            raise Conflict(f"volume {name} is in use by container {users[0].short_id}; "
+                           "remove the container first")
+        self.volumes.remove(name)
+        self._emit("volume", "destroy", name, name, "", {"driver": "local"})
+
+    def volume_prune(self, *, all: bool = False) -> list[str]:
+        """Remove the volumes no container uses: the anonymous ones, or with ``all``
+        every one (``docker volume prune [-a]``); their names."""
+        used = {b["volume"] for c in self.containers.list()
+                for b in map(parse_bind, c.config["HostConfig"].get("Binds") or [])}
+        gone = []
+        for v in self.volumes.list():
+            if v["Name"] in used or not (all or v["Anonymous"]):
+                continue
+            try:
+                self.volume_rm(v["Name"])
+            except (NotFound, Conflict):
+                continue  # removed, or taken, meanwhile
+            gone.append(v["Name"])
+        return gone
 
     def _root_spec(self, c: Container, write: bool = False) -> dict[str, Any]:
         """Where :mod:`engine.containerfs` finds the container's root: its init process's
@@ -856,12 +980,14 @@ def autoremove(root: str, container_id: str) -> None:
     eng = Engine.__new__(Engine)  # only the parts removal needs: no image store, no gc
     eng.root = root
     eng.containers = ContainerStore(root)
+    eng.volumes = VolumeStore(root)
     eng._journal = None
     try:
         c = eng.containers.get(container_id)
     except NotFound:
         return
     eng._delete(c)
+    eng._remove_anonymous_volumes(c)  # as docker run --rm does
 
 
 def parse_signal(sig: str | int) -> int:
@@ -890,22 +1016,14 @@ def _ended(container_id: str, wait: float) -> bool:
     return True
 
 
-def _check_binds(binds: list[str]) -> list[dict[str, Any]]:
-    """Parse ``-v`` values; a host directory that does not exist yet is made (as
-    ``docker run -v`` does); two mounts on one target are refused."""
-    out = [parse_bind(b) for b in binds]
-    targets = [b["target"] for b in out]
-    for t in targets:
-        if targets.count(t) > 1:
-            raise InvalidArgument(f"duplicate mount point: {t}")
-    for b in out:
-        if not os.path.lexists(b["source"]):
-            try:
-                os.makedirs(b["source"], 0o755)
-            except OSError as exc:
-                raise InvalidArgument(f"cannot make the host directory {b['source']} for a "
-                                      f"volume: {exc.strerror}") from None
-    return out
+def _mount_shape(b: dict[str, Any]) -> dict[str, Any]:
+    """A mount as Docker's ``inspect`` shows it."""
+    shape = {"Type": "bind", "Source": b["source"], "Destination": b["target"],
+             "Mode": "ro" if b["readonly"] else "", "RW": not b["readonly"],
+             "Propagation": "rprivate"}
+    if b["volume"] is not None:
+        shape.update(Type="volume", Name=b["volume"], Driver="local", Mode="z", Propagation="")
+    return shape
 
 
 def _check_limits(memory: int | None, cpus: float | None, pids: int | None) -> Limits:

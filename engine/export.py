@@ -39,16 +39,26 @@ class _Counting:
         return self.count
 
 
-def export_tar(layers: list[str], out: IO[bytes]) -> None:
+def export_tar(layers: list[str], out: IO[bytes], top: str = "") -> None:
     """Write the merged tree of ``layers`` (overlay-form directories, top-most first) to
-    ``out`` as a tar: sorted, numeric owners, whole-second mtimes."""
+    ``out`` as a tar: sorted, numeric owners, whole-second mtimes.  With ``top`` (a
+    directory's path in the tree, relative), only what is below it, named from it, after
+    a ``.`` entry for the directory itself."""
     view = LayerView(layers)
     seen: dict[tuple[int, int], str] = {}  # (dev, ino) -> first name: hard links
     tar = tarfile.TarFile(fileobj=_Counting(out), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[arg-type]
                           copybufsize=_BUF)
+    cut = len(top) + 1 if top else 0
     try:
-        stack = [iter(view.names(""))]
-        prefixes = [""]
+        if top:
+            found = view.locate(top)
+            if found is None or not stat.S_ISDIR(found[1].st_mode):
+                return
+            ti = tar_info(".", found[1])
+            ti.type, ti.pax_headers = tarfile.DIRTYPE, xattrs_of(found[0])
+            tar.addfile(ti)
+        stack = [iter(view.names(top))]
+        prefixes = [top]
         while stack:
             name = next(stack[-1], None)
             if name is None:
@@ -60,7 +70,7 @@ def export_tar(layers: list[str], out: IO[bytes]) -> None:
             if found is None:
                 continue  # gone meanwhile (the container is running)
             path, st = found
-            ti = tar_info(rel, st)
+            ti = tar_info(rel[cut:], st)
             ti.pax_headers = xattrs_of(path)
             mode = st.st_mode
             if stat.S_ISDIR(mode):
@@ -74,7 +84,7 @@ def export_tar(layers: list[str], out: IO[bytes]) -> None:
                     ti.type, ti.linkname = tarfile.LNKTYPE, seen[key]
                     tar.addfile(ti)
                     continue
-                seen[key] = rel
+                seen[key] = rel[cut:]
                 try:
                     with open(path, "rb", buffering=0) as f:
                         ti.size = os.fstat(f.fileno()).st_size

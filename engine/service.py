@@ -13,8 +13,9 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
 
 - containers: ``create`` (image, cmd, entrypoint, env, workdir, user, name, hostname,
   labels, memory, cpus, pids_limit, network, read_only, privileged, open_stdin, tty,
-  auto_remove, ports, network_aliases, binds: ``["/host:/ctr[:ro]", ...]``) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
-  ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force)/``pause``/``unpause``
+  auto_remove, ports, network_aliases, binds: ``["/host:/ctr[:ro]", "volume:/ctr", "/ctr",
+  ...]``) -> ``{"id"}``; ``spawn`` (create's args) creates and starts;
+  ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force, volumes)/``pause``/``unpause``
   (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id,
   condition) -> ``{"exit_code"}``; ``ls`` (all, filters: ``["status=exited", ...]``:
   id, name, status, label, ancestor) -> list; ``get`` (id) -> inspect dict;
@@ -322,7 +323,7 @@ def _v_wait(engine: Engine, a: _Args, ret: Any) -> Any:
 
 @verb("rm")
 def _v_rm(engine: Engine, a: _Args, ret: Any) -> Any:
-    engine.rm(a.id(), force=a.get("force", bool, False))
+    engine.rm(a.id(), force=a.get("force", bool, False), volumes=a.get("volumes", bool, False))
     return {}
 
 
@@ -562,4 +563,4 @@ def _v_version(engine: Engine, a: _Args, ret: Any) -> Any:
 
 
 # More verbs, each family in its own module.
-from . import service_network, service_transfer  # noqa: E402,F401
+from . import service_network, service_transfer, service_volume  # noqa: E402,F401

@@ -10,7 +10,7 @@ engine's verbs over chan (:mod:`bridges.docker.aioclient`).  Modules:
 - :mod:`~bridges.docker.shapes`: engine answers in Docker's JSON shapes, and back;
 - :mod:`~bridges.docker.server`: the app, errors, ping, version, info, events;
 - :mod:`~bridges.docker.containers`, :mod:`~bridges.docker.execs`,
-  :mod:`~bridges.docker.images`: the endpoints.
+  :mod:`~bridges.docker.images`, :mod:`~bridges.docker.volumes`: the endpoints.
 
 Nothing here is imported when the ``chanbox`` CLI starts (only ``cli``, which needs
 click alone).

@@ -115,7 +115,7 @@ class Tracker:
 
     async def _remove(self, cid: str, code: int) -> None:
         try:
-            await self.client.call("rm", id=cid, force=True)
+            await self.client.call("rm", id=cid, force=True, volumes=True)  # as docker's --rm
         except errors.NotFound:
             pass
         except errors.EngineError as exc:
@@ -236,9 +236,9 @@ async def unpause(request: web.Request) -> web.StreamResponse:
 
 
 async def remove(request: web.Request) -> web.StreamResponse:
-    """``DELETE /containers/ID?force=``."""
+    """``DELETE /containers/ID?force=&v=`` (``v``: its anonymous volumes too)."""
     await bridge_of(request).client.call("rm", id=request.match_info["id"],
-                                         force=flag(request, "force"))
+                                         force=flag(request, "force"), volumes=flag(request, "v"))
     return web.Response(status=204)
 
 

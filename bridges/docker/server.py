@@ -224,7 +224,7 @@ def _timestamp(raw: str | None) -> float | None:
 
 def make_app(bridge: Bridge) -> web.Application:
     """The Docker Engine API app over ``bridge``."""
-    from . import containers, execs, images
+    from . import containers, execs, images, volumes
 
     app = web.Application(middlewares=[_errors], client_max_size=1 << 40)
     app["bridge"] = bridge
@@ -235,6 +235,7 @@ def make_app(bridge: Bridge) -> web.Application:
     add_routes(app, containers.ROUTES)
     add_routes(app, execs.ROUTES)
     add_routes(app, images.ROUTES)
+    add_routes(app, volumes.ROUTES)
     return app
 
 

@@ -52,9 +52,13 @@ def create_args(body: dict[str, Any], name: str | None) -> dict[str, Any]:
     mode = hc.get("NetworkMode") or "default"
     if mode not in ("default", ""):
         args["network"] = mode
-    if hc.get("Mounts"):
-        raise InvalidArgument("--mount is not supported: use -v /host/path:/container/path[:ro]")
-    binds = _strs(hc.get("Binds"), "Binds")
+    binds = [*(_strs(hc.get("Binds"), "Binds") or []), *_mounts(hc.get("Mounts"))]
+    # anonymous volumes (-v /path) come as the keys of Config.Volumes
+    volumes = body.get("Volumes") or {}
+    if not isinstance(volumes, dict):
+        raise InvalidArgument("Volumes must be an object of container paths")
+    taken = {b.split(":")[1] if ":" in b else b for b in binds}
+    binds += [path for path in volumes if path not in taken]
     if binds:
         args["binds"] = binds
     ports = port_bindings(hc.get("PortBindings") or {})
@@ -65,6 +69,26 @@ def create_args(body: dict[str, Any], name: str | None) -> dict[str, Any]:
     if aliases:
         args["network_aliases"] = aliases
     return args
+
+
+def _mounts(mounts: Any) -> list[str]:
+    """``HostConfig.Mounts`` (``--mount type=bind|volume,source=,target=,readonly``) in
+    the ``-v`` form the engine takes."""
+    out = []
+    for m in mounts or []:
+        if not isinstance(m, dict) or m.get("Type") not in ("bind", "volume"):
+            raise InvalidArgument("--mount: only type=bind and type=volume are supported")
+        target, source = m.get("Target") or "", m.get("Source") or ""
+        if m["Type"] == "bind" and not source:
+            raise InvalidArgument("--mount type=bind needs a source")
+        if m.get("VolumeOptions") and (m["VolumeOptions"].get("NoCopy")
+                                       or m["VolumeOptions"].get("DriverConfig")):
+            raise InvalidArgument("--mount: volume-nocopy and volume drivers are not supported")
+        if not source and m.get("ReadOnly"):
+            raise InvalidArgument("--mount: a read-only volume needs a name (source=)")
+        text = f"{source}:{target}" if source else target
+        out.append(text + (":ro" if m.get("ReadOnly") else ""))
+    return out
 
 
 def _strs(value: Any, field: str) -> list[str] | None:

@@ -645,3 +645,34 @@ def test_docker_cp_both_ways_stays_inside_the_container(bridge: BridgeProc, tmp_
         assert p.returncode != 0 and "no such container" in err(p).lower()
     finally:
         bridge.docker("rm", "-f", cid)
+
+
+def test_docker_volumes_named_anonymous_and_mount(bridge: BridgeProc) -> None:
+    name = f"cbx-vol-{os.getpid()}"
+    ok(bridge.docker("volume", "create", "--label", "team=web", name))
+    try:
+        assert name in ok(bridge.docker("volume", "ls", "-q")).split()
+        assert ok(bridge.docker("volume", "ls", "-q", "-f", "label=team=web")).split() == [name]
+        info = json.loads(ok(bridge.docker("volume", "inspect", name)))[0]
+        assert (info["Name"], info["Driver"], info["Labels"]) == (name, "local", {"team": "web"})
+        ok(bridge.docker("run", "--rm", "-v", f"{name}:/data", "busybox", "sh", "-c",
+                         "echo kept > /data/f"))
+        assert ok(bridge.docker("run", "--rm", "--mount", f"type=volume,source={name},target=/v,readonly",
+                                "busybox", "cat", "/v/f")) == "kept\n"
+        # an empty volume gets what the image holds at its mount point
+        assert "passwd" in ok(bridge.docker("run", "--rm", "-v", f"{name}-seed:/etc", "busybox", "ls", "/etc"))
+        # an anonymous volume (Config.Volumes) goes with its container (rm -v)
+        cid = ok(bridge.docker("create", "-v", "/scratch", "busybox", "true")).strip()
+        anon = json.loads(ok(bridge.docker("inspect", cid)))[0]["Mounts"][0]
+        assert anon["Type"] == "volume" and anon["Destination"] == "/scratch"
+        assert anon["Name"] in ok(bridge.docker("volume", "ls", "-q", "-f", "dangling=false")).split()
+        user = ok(bridge.docker("create", "-v", f"{name}:/x", "busybox", "true")).strip()
+        p = bridge.docker("volume", "rm", name)
+        assert p.returncode != 0 and "in use" in err(p)
+        ok(bridge.docker("rm", "-v", cid, user))
+        assert anon["Name"] not in ok(bridge.docker("volume", "ls", "-q")).split()
+        p = bridge.docker("volume", "inspect", "cbx-no-such-volume")
+        assert p.returncode != 0 and "no such volume" in err(p).lower()
+    finally:
+        bridge.docker("volume", "rm", "-f", name, f"{name}-seed")
+    assert name not in ok(bridge.docker("volume", "ls", "-q")).split()

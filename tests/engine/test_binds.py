@@ -17,11 +17,17 @@ from .conftest import needs_root
 
 
 def test_the_docker_forms() -> None:
-    assert parse_bind("/srv/data:/data") == {"source": "/srv/data", "target": "/data", "readonly": False}
-    assert parse_bind("/srv/data/:/data/./x/:ro") == {"source": "/srv/data", "target": "/data/x",
-                                                       "readonly": True}
+    assert parse_bind("/srv/data:/data") == {"source": "/srv/data", "volume": None, "target": "/data",
+                                             "readonly": False}
+    assert parse_bind("/srv/data/:/data/./x/:ro") == {"source": "/srv/data", "volume": None,
+                                                       "target": "/data/x", "readonly": True}
     assert parse_bind("/a:/b:rw,z")["readonly"] is False
-    for bad, says in (("data:/data", "named volumes are not supported"), ("/a", "use -v"),
+    assert parse_bind("data:/data:ro") == {"source": None, "volume": "data", "target": "/data",
+                                           "readonly": True}
+    assert parse_bind("/scratch") == {"source": None, "volume": "", "target": "/scratch",
+                                      "readonly": False}
+    for bad, says in (("d@ta:/data", "neither an absolute host path nor a volume name"),
+                      ("x:/data", "neither an absolute"),
                       ("/a:data", "absolute path in the container"), ("/a:/", "other than /"),
                       ("/a:/x/../etc", r"may not contain '\.\.'"), ("/a:/b:rx", "options are ro or rw"),
                       ("/a:/b:ro,rw", "options are ro or rw"), ("/a:/b:ro:x", "use -v")):
