@@ -11,8 +11,9 @@ the container, then reads or writes with plain paths:
   namespace's view: its bind mounts and volumes included).  The PID is checked to be in
   the container's cgroup through the same ``/proc/PID`` handle, so a recycled PID
   cannot lead elsewhere;
-- a stopped one: its layers mounted as overlayfs on its ``rootfs`` directory in a mount
-  namespace of the helper's own, which the kernel takes down when the helper exits.
+- a stopped one: its layers mounted as overlayfs on its ``rootfs`` directory, and its
+  volumes and bind mounts on theirs, in a mount namespace of the helper's own, which
+  the kernel takes down when the helper exits.
 
 Everything the helper imports is imported before the chroot, and it never asks for user
 or group names: inside the container, glibc would load the container's NSS libraries
@@ -39,14 +40,15 @@ import sys
 import tarfile
 from typing import IO, Any, Callable
 
-from . import syscalls
+from . import rootfs, syscalls
 from .errors import EngineError, InvalidArgument, NotFound
 from .tarlayer import add_special, apply_tar, tar_info, xattrs_of
 from .timefmt import rfc3339
 
 __all__ = ["RootSpec", "run_helper", "go_mode"]
 
-# {"pid", "cgroup"}, or {"layer_root", "lowerdirs", "mountpoint"} and, to write, {"upper", "work"}
+# {"pid", "cgroup"}, or {"layer_root", "lowerdirs", "mountpoint", "binds": [[source, target,
+# readonly], ...]} and, to write, {"upper", "work"}
 RootSpec = dict
 
 _BUF = 1 << 20
@@ -171,6 +173,15 @@ def _enter(spec: RootSpec) -> None:
         else:  # only to read: the writable layer as the top lower one, its workdir untouched
             syscalls.mount("overlay", spec["mountpoint"], "overlay", syscalls.MS_RDONLY,
                            f"lowerdir={':'.join(spec['lowerdirs'])}")
+        for source, target, readonly in spec.get("binds", ()):  # its volumes, as when it runs
+            try:
+                rootfs.bind(os.fsencode(source), os.fsencode(spec["mountpoint"]),
+                            os.fsencode(target), readonly)
+            except OSError:
+                if spec.get("upper"):
+                    raise
+                # read-only: a mount point that is not there yet cannot be made (and
+                # nothing below it can be read either)
         root = os.open(spec["mountpoint"], os.O_RDONLY | os.O_DIRECTORY)
     os.fchdir(root)
     os.chroot(".")

@@ -820,7 +820,8 @@ class Engine:
         lowers = self.images.lowerdirs(self.images.get(c.config["Image"]))
         if os.path.isdir(c.path("init")):
             lowers = [os.path.relpath(c.path("init"), self.root), *lowers]
-        spec = {"layer_root": self.root, "lowerdirs": lowers, "mountpoint": c.path("rootfs")}
+        spec = {"layer_root": self.root, "lowerdirs": lowers, "mountpoint": c.path("rootfs"),
+                "binds": [[b["source"], b["target"], b["readonly"]] for b in self._binds(c)]}
         if write:
             spec.update(upper=c.path("upper"), work=c.path("work"))
         else:

@@ -126,7 +126,7 @@ def apply(steps: list[Step]) -> None:
             elif kind == READONLY:
                 _readonly(step[2])
             elif kind == BIND:
-                _bind(step[2], step[3], step[4], step[5])
+                bind(step[2], step[3], step[4], step[5])
         except OSError as exc:
             raise StepFailed(step[1], exc.errno or errno.EIO) from None
 
@@ -144,7 +144,7 @@ def _mount_sysfs(target: bytes) -> None:
         syscalls.mount(None, target, None, MS.MS_BIND | MS.MS_REMOUNT | flags, None)
 
 
-def _bind(source: bytes, rootfs: bytes, target: bytes, readonly: bool) -> None:
+def bind(source: bytes, rootfs: bytes, target: bytes, readonly: bool) -> None:
     """Bind-mount the host's ``source`` on ``target`` inside ``rootfs``.
 
     The target is found with openat2's RESOLVE_IN_ROOT and mounted on through its

@@ -310,8 +310,11 @@ def test_docker_run_with_a_volume(bridge: BridgeProc, tmp_path) -> None:
         assert [(m["Source"], m["Destination"], m["RW"]) for m in mounts] == [(str(tmp_path), "/data", False)]
     finally:
         bridge.docker("rm", cid)
-    p = bridge.docker("run", "--rm", "--mount", f"type=bind,src={tmp_path},dst=/data", "busybox", "true")
-    assert p.returncode != 0 and "--mount is not supported" in err(p)
+    p = bridge.docker("run", "--rm", "--mount", f"type=bind,src={tmp_path},dst=/data,readonly",
+                      "busybox", "sh", "-c", "cat /data/in; touch /data/x")
+    assert p.returncode != 0 and out(p) == "from the host\n" and "Read-only" in err(p)
+    p = bridge.docker("run", "--rm", "--mount", "type=tmpfs,dst=/data", "busybox", "true")
+    assert p.returncode != 0 and "only type=bind and type=volume" in err(p)
 
 
 def test_docker_rename(bridge: BridgeProc) -> None:

@@ -177,3 +177,19 @@ def test_the_cli_copies_as_docker_cp_does(image_root: str, tmp_path) -> None:
         assert p.returncode == 1 and "CONTAINER:PATH" in p.stderr.decode()
     finally:
         cli(image_root, "rm", "-f", cid)
+
+
+def test_a_stopped_containers_volumes_are_where_it_sees_them(engine: Engine) -> None:
+    name = f"cbx-cpvol-{os.getpid()}"
+    cid = engine.create("busybox", ["cat", "/data/in"], network="none", binds=[f"{name}:/data"])
+    try:
+        engine.archive_put(cid, "/data", _tar({"in": b"into the volume\n"}))
+        assert os.path.isfile(os.path.join(engine.volumes.path(name), "in"))
+        assert _members(engine, cid, "/data/in") == {"in": b"into the volume\n"}
+        engine.start(cid)
+        assert engine.wait(cid) == 0
+        assert "".join(e["log"] for e in engine.logs(cid)) == "into the volume\n"
+        assert _members(engine, cid, "/data/in") == {"in": b"into the volume\n"}  # stopped, read-only
+    finally:
+        engine.rm(cid, force=True)
+        engine.volume_rm(name)
