@@ -269,7 +269,10 @@ def _helper(argv: list[str]) -> None:
             if os.path.lexists(dest):
                 raise InvalidArgument(f"the destination {path} in the container is not a directory")
             raise NotFound(f"no such directory in the container: {path}")
-        apply_tar(sys.stdin.buffer, dest, layer=False, owner=owner)  # type: ignore[arg-type]
+        try:
+            apply_tar(sys.stdin.buffer, dest, layer=False, owner=owner)  # type: ignore[arg-type]
+        except InvalidArgument as exc:  # (its words are a layer's)
+            raise InvalidArgument(str(exc).replace("layer tar", "tar to copy")) from None
         return
     info, full, st = _stat(path)
     out.write(json.dumps(info).encode() + b"\n")

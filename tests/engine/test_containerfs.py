@@ -109,6 +109,8 @@ def test_into_a_running_container(engine: Engine) -> None:
         engine.archive_put(cid, "/d", _tar({"sub": b"a file over a directory"}))
     with pytest.raises(InvalidArgument, match=r"\.\."):
         engine.archive_put(cid, "/d", _tar({"../../etc/evil": b""}))
+    with pytest.raises(InvalidArgument, match="tar to copy has a header with a bad checksum"):
+        engine.archive_put(cid, "/d", io.BytesIO(b"this is not a tar" * 100))
     assert _members(engine, cid, "/d/sub") == {"sub": None, "sub/b": b"b\n"}  # untouched
 
 
