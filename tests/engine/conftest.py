@@ -112,6 +112,18 @@ def client(engine: Engine) -> Iterator[Client]:
     cl.close()
 
 
+def run_to_end(engine: Engine, cmd: str, **kw: object) -> tuple[int, str]:
+    """Run ``sh -c cmd`` in a busybox container (no network, ``kw`` as create's) to its
+    end; ``(exit code, its output)``.  The container is removed whatever happens."""
+    cid = engine.create("busybox", ["sh", "-c", cmd], network="none", **kw)  # type: ignore[arg-type]
+    try:
+        engine.start(cid)
+        code = engine.wait(cid)
+        return code, "".join(e["log"] for e in engine.logs(cid))
+    finally:
+        engine.rm(cid, force=True)
+
+
 def cli(root: str, *args: str, input: bytes | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the ``chanbox`` CLI on ``root``; its completed process (output as text)."""

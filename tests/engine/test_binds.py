@@ -13,7 +13,7 @@ from engine.engine import Engine
 from engine.errors import InvalidArgument
 from engine.fsutil import remove_tree
 
-from .conftest import needs_root
+from .conftest import needs_root, run_to_end as _run
 
 
 def test_the_docker_forms() -> None:
@@ -40,16 +40,6 @@ def host_dir():
     path = tempfile.mkdtemp(prefix="cbx-vol-")
     yield path
     remove_tree(path)
-
-
-def _run(engine: Engine, cmd: str, **kw: object) -> tuple[int, str]:
-    cid = engine.create("busybox", ["sh", "-c", cmd], network="none", **kw)
-    try:
-        engine.start(cid)
-        code = engine.wait(cid)
-        return code, "".join(e["log"] for e in engine.logs(cid))
-    finally:
-        engine.rm(cid, force=True)
 
 
 def _host_mounts() -> str:

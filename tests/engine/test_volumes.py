@@ -11,7 +11,7 @@ import pytest
 from engine.engine import Engine
 from engine.errors import Conflict, InvalidArgument, NotFound
 
-from .conftest import cli, needs_root
+from .conftest import cli, needs_root, run_to_end as _run
 
 pytestmark = needs_root
 
@@ -28,16 +28,6 @@ def vol(engine: Engine):  # type: ignore[no-untyped-def]
     for v in engine.volume_ls():
         if v["Name"] not in volumes:
             engine.volume_rm(v["Name"])
-
-
-def _run(engine: Engine, cmd: str, **kw: object) -> tuple[int, str]:
-    cid = engine.create("busybox", ["sh", "-c", cmd], network="none", **kw)
-    try:
-        engine.start(cid)
-        code = engine.wait(cid)
-        return code, "".join(e["log"] for e in engine.logs(cid))
-    finally:
-        engine.rm(cid, force=True)
 
 
 def test_create_inspect_list_and_remove(engine: Engine, vol: str) -> None:
