@@ -42,7 +42,7 @@ from typing import IO, Any, Callable
 
 from . import rootfs, syscalls
 from .errors import EngineError, InvalidArgument, NotFound
-from .tarlayer import add_special, apply_tar, tar_info, xattrs_of
+from .tarlayer import add_path, apply_tar
 from .timefmt import rfc3339
 
 __all__ = ["RootSpec", "run_helper", "go_mode"]
@@ -222,40 +222,20 @@ _KERNEL_DIRS = frozenset(("/proc", "/sys", "/dev"))
 
 
 def _walk(tar: tarfile.TarFile, full: str, name: str, st: os.stat_result) -> None:
-    """Add ``full`` as ``name`` (recursively, links as links, numeric owners only)."""
+    """Add ``full`` as ``name``, and what is below it (links as links, numeric owners)."""
     seen: dict[tuple[int, int], str] = {}
     stack: list[tuple[str, str, os.stat_result]] = [(full, name, st)]
     while stack:
         path, arc, st = stack.pop()
-        ti = tar_info(arc, st)
-        ti.pax_headers = xattrs_of(path)
-        if stat.S_ISDIR(st.st_mode):
-            ti.type = tarfile.DIRTYPE
-            tar.addfile(ti)
-            if path in _KERNEL_DIRS:
-                continue
-            for child in sorted(os.listdir(path), reverse=True):  # popped in name order
-                cpath = os.path.join(path, child)
-                try:
-                    stack.append((cpath, f"{arc}/{child}", os.lstat(cpath)))
-                except FileNotFoundError:
-                    continue  # gone meanwhile (the container runs)
-        elif stat.S_ISREG(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in seen:
-                ti.type, ti.linkname = tarfile.LNKTYPE, seen[key]
-                tar.addfile(ti)
-                continue
-            seen[key] = arc
+        add_path(tar, arc, path, st, seen)
+        if not stat.S_ISDIR(st.st_mode) or path in _KERNEL_DIRS:
+            continue
+        for child in sorted(os.listdir(path), reverse=True):  # popped in name order
+            cpath = os.path.join(path, child)
             try:
-                f = open(path, "rb", buffering=0)
+                stack.append((cpath, f"{arc}/{child}", os.lstat(cpath)))
             except FileNotFoundError:
-                continue
-            with f:
-                ti.size = os.fstat(f.fileno()).st_size
-                tar.addfile(ti, f)
-        else:
-            add_special(tar, ti, path, st)
+                continue  # gone meanwhile (the container runs)
 
 
 def _helper(argv: list[str]) -> None:
@@ -264,7 +244,7 @@ def _helper(argv: list[str]) -> None:
     _enter(spec)
     out = sys.stdout.buffer
     if verb == "put":
-        dest = _locate(path)[0] if path.endswith(("/", "/.")) else os.path.realpath(_locate(path)[0])
+        dest = os.path.realpath(_locate(path)[0])
         if not os.path.isdir(dest):
             if os.path.lexists(dest):
                 raise InvalidArgument(f"the destination {path} in the container is not a directory")

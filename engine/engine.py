@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Callable
+from typing import Any
 
 from . import cgroups, failpoints, fsutil, logs, monitor_client
 from .binds import bind_text, parse_bind

@@ -9,13 +9,12 @@ not in the tar, as with Docker.
 
 from __future__ import annotations
 
-import os
 import stat
 import tarfile
 from typing import IO
 
 from .layerview import LayerView
-from .tarlayer import add_special, tar_info, xattrs_of
+from .tarlayer import add_path
 
 __all__ = ["export_tar"]
 
@@ -54,9 +53,7 @@ def export_tar(layers: list[str], out: IO[bytes], top: str = "") -> None:
             found = view.locate(top)
             if found is None or not stat.S_ISDIR(found[1].st_mode):
                 return
-            ti = tar_info(".", found[1])
-            ti.type, ti.pax_headers = tarfile.DIRTYPE, xattrs_of(found[0])
-            tar.addfile(ti)
+            add_path(tar, ".", found[0], found[1], seen)
         stack = [iter(view.names(top))]
         prefixes = [top]
         while stack:
@@ -70,28 +67,9 @@ def export_tar(layers: list[str], out: IO[bytes], top: str = "") -> None:
             if found is None:
                 continue  # gone meanwhile (the container is running)
             path, st = found
-            ti = tar_info(rel[cut:], st)
-            ti.pax_headers = xattrs_of(path)
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                ti.type = tarfile.DIRTYPE
-                tar.addfile(ti)
+            add_path(tar, rel[cut:], path, st, seen)
+            if stat.S_ISDIR(st.st_mode):
                 stack.append(iter(view.names(rel)))
                 prefixes.append(rel)
-            elif stat.S_ISREG(mode):
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and key in seen:
-                    ti.type, ti.linkname = tarfile.LNKTYPE, seen[key]
-                    tar.addfile(ti)
-                    continue
-                seen[key] = rel[cut:]
-                try:
-                    with open(path, "rb", buffering=0) as f:
-                        ti.size = os.fstat(f.fileno()).st_size
-                        tar.addfile(ti, f)
-                except FileNotFoundError:
-                    continue  # removed meanwhile
-            else:
-                add_special(tar, ti, path, st)
     finally:
         tar.close()

@@ -36,8 +36,8 @@ from typing import IO, BinaryIO
 
 from engine.errors import InvalidArgument
 
-__all__ = ["apply_tar", "diff_tar", "tar_info", "xattrs_of", "add_special", "WHITEOUT_PREFIX", "OPAQUE_MARKER",
-           "OPAQUE_XATTR"]
+__all__ = ["apply_tar", "diff_tar", "tar_info", "xattrs_of", "add_special", "add_path", "WHITEOUT_PREFIX",
+           "OPAQUE_MARKER", "OPAQUE_XATTR"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -813,6 +813,35 @@ def tar_info(name: str, st: os.stat_result) -> tarfile.TarInfo:
     ti.uname = ti.gname = ""
     ti.mtime = int(st.st_mtime)
     return ti
+
+
+def add_path(tar: tarfile.TarFile, name: str, path: str, st: os.stat_result,
+             seen: dict[tuple[int, int], str]) -> None:
+    """Add the file at ``path`` (``st``: its lstat) to ``tar`` as ``name``, without what a
+    directory holds: xattrs and numeric owners kept, a regular file already added under
+    another name (``seen``: (dev, ino) -> name, filled here) as a hard link, a symlink as
+    a symlink.  A file removed meanwhile is left out."""
+    ti = tar_info(name, st)
+    ti.pax_headers = xattrs_of(path)
+    if stat.S_ISDIR(st.st_mode):
+        ti.type = tarfile.DIRTYPE
+        tar.addfile(ti)
+    elif stat.S_ISREG(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in seen:
+            ti.type, ti.linkname = tarfile.LNKTYPE, seen[key]
+            tar.addfile(ti)
+            return
+        seen[key] = name
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            return
+        with f:
+            ti.size = os.fstat(f.fileno()).st_size
+            tar.addfile(ti, f)
+    else:
+        add_special(tar, ti, path, st)
 
 
 def add_special(tar: tarfile.TarFile, ti: tarfile.TarInfo, path: str, st: os.stat_result) -> None:
