@@ -566,7 +566,7 @@ class Engine:
 
     def _remove_anonymous_volumes(self, c: Container) -> None:
         """Remove the anonymous volumes of a removed container (no other can use them)."""
-        for b in map(parse_bind, c.config["HostConfig"].get("Binds") or []):
+        for b in self._binds(c):
             if not b["volume"]:
                 continue
             try:
@@ -755,10 +755,9 @@ class Engine:
             out.append(b)
         return out
 
-    def _volume_users(self, name: str) -> list[Container]:
-        return [c for c in self.containers.list()
-                if any(b["volume"] == name for b in
-                       map(parse_bind, c.config["HostConfig"].get("Binds") or []))]
+    def _volume_users(self) -> dict[str, Container]:
+        """Each volume some container mounts, with one of those containers."""
+        return {b["volume"]: c for c in self.containers.list() for b in self._binds(c) if b["volume"]}
 
     def volume_create(self, name: str | None = None, *,
                       labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -785,9 +784,9 @@ class Engine:
             if force:
                 return
             raise
-        users = self._volume_users(name)
-        if users:
-            raise Conflict(f"volume {name} is in use by container {users[0].short_id}; "
+        user = self._volume_users().get(name)
+        if user is not None:
+            raise Conflict(f"volume {name} is in use by container {user.short_id}; "
                            "remove the container first")
         self.volumes.remove(name)
         self._emit("volume", "destroy", name, name, "", {"driver": "local"})
@@ -795,8 +794,7 @@ class Engine:
     def volume_prune(self, *, all: bool = False) -> list[str]:
         """Remove the volumes no container uses: the anonymous ones, or with ``all``
         every one (``docker volume prune [-a]``); their names."""
-        used = {b["volume"] for c in self.containers.list()
-                for b in map(parse_bind, c.config["HostConfig"].get("Binds") or [])}
+        used = self._volume_users()
         gone = []
         for v in self.volumes.list():
             if v["Name"] in used or not (all or v["Anonymous"]):
