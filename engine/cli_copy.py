@@ -36,7 +36,7 @@ def _parse(arg: str) -> tuple[str | None, str]:
         return None, arg
     container, path = arg.split(":", 1)
     if not container:
-        _die(f"cp: {arg!r} names no container before ':'", 1)
+        _die(f"cp: {arg!r} names no container before ':'")
     return container, path if path.startswith("/") else "/" + path
 
 
@@ -56,9 +56,9 @@ def cp(ctx: click.Context, archive: bool, src: str, dest: str) -> None:
     """
     (sc, spath), (dc, dpath) = _parse(src), _parse(dest)
     if sc is not None and dc is not None:
-        _die("cp: copying between containers is not supported; copy to the host first", 1)
+        _die("cp: copying between containers is not supported; copy to the host first")
     if sc is None and dc is None:
-        _die("cp: one of the paths must be CONTAINER:PATH", 1)
+        _die("cp: one of the paths must be CONTAINER:PATH")
     if sc is not None:
         _copy_out(ctx, sc, spath, dpath, archive)
     else:
@@ -76,7 +76,7 @@ def _copy_out(ctx: click.Context, container: str, path: str, dest: str, archive:
     from .client import engine_error
 
     if dest == "-" and sys.stdout.isatty():
-        _die("cp: cowardly refusing to write a tar to a terminal; pipe it or give a path", 1)
+        _die("cp: cowardly refusing to write a tar to a terminal; pipe it or give a path")
     ours, theirs = chan.stream_pair()
     rx = _client(ctx).receiver("archive_get", id=container, path=path, stream=theirs)
     try:
@@ -100,9 +100,9 @@ def _copy_out(ctx: click.Context, container: str, path: str, dest: str, archive:
             pass
     except chan.RemoteError as exc:
         err = engine_error(exc)
-        _die(str(err), 1)
+        _die(str(err), err.exit_status)
     except (chan.ChannelError, EngineError, OSError, tarfile.TarError) as exc:
-        _die(f"cp: {exc}", 1)
+        _die(f"cp: {exc}")
     finally:
         ours.close()  # an engine still writing stops (we failed, or were interrupted)
         rx.close()
@@ -189,13 +189,13 @@ def _copy_in(ctx: click.Context, src: str, container: str, path: str, archive: b
 
     if src == "-":
         if sys.stdin.isatty():
-            _die("cp: requested a tar from stdin, but stdin is a terminal", 1)
+            _die("cp: requested a tar from stdin, but stdin is a terminal")
         _streamed(ctx, "archive_put", _send_stdin, id=container, path=path, copy_uid_gid=archive)
         return
     try:
         st = os.lstat(src)
     except FileNotFoundError:
-        _die(f"cp: no such file or directory: {src}", 1)
+        _die(f"cp: no such file or directory: {src}")
     src_dir = stat.S_ISDIR(st.st_mode)
     target = _stat_in(ctx, container, path)
     if target is not None and target.get("linkTarget"):
@@ -205,9 +205,9 @@ def _copy_in(ctx: click.Context, src: str, container: str, path: str, archive: b
         into = path
         name = None if src.endswith("/.") else os.path.basename(os.path.abspath(src))
     elif target is not None and src_dir:
-        _die(f"cp: cannot copy the directory {src} onto the file {path}", 1)
+        _die(f"cp: cannot copy the directory {src} onto the file {path}")
     elif target is None and path.endswith("/"):
-        _die(f"cp: the destination directory {path} does not exist in {container}", 1)
+        _die(f"cp: the destination directory {path} does not exist in {container}")
     else:
         into, name = os.path.dirname(path.rstrip("/")) or "/", os.path.basename(path.rstrip("/"))
 
@@ -232,7 +232,7 @@ def _stat_in(ctx: click.Context, container: str, path: str) -> dict[str, Any] | 
     except NotFound:
         return None
     except EngineError as exc:
-        _die(str(exc), 1)
+        _die(str(exc), exc.exit_status)
 
 
 class _Writer:

@@ -155,9 +155,9 @@ def test_the_cli_copies_as_docker_cp_does(image_root: str, tmp_path) -> None:
         assert cp(f"{cid}:/d/a", "renamed").returncode == 0
         assert (tmp_path / "renamed").read_text() == "a\n"
         p = cp(f"{cid}:/d", "renamed")
-        assert p.returncode == 1 and "onto the file" in p.stderr.decode()
+        assert p.returncode == 125 and "onto the file" in p.stderr.decode()
         p = cp(f"{cid}:/d/a", "missing/")
-        assert p.returncode == 1 and "does not exist" in p.stderr.decode()
+        assert p.returncode == 125 and "does not exist" in p.stderr.decode()
         p = cp(f"{cid}:/d", "-")
         with tarfile.open(fileobj=io.BytesIO(p.stdout)) as t:
             assert sorted(t.getnames()) == ["d", "d/a", "d/sub", "d/sub/b"]
@@ -172,11 +172,11 @@ def test_the_cli_copies_as_docker_cp_does(image_root: str, tmp_path) -> None:
             assert {"d/src/f", "d/g", "d/h"} <= set(t.getnames())
             assert t.extractfile("d/g").read() == b"f\n"  # type: ignore[union-attr]
         p = cp("src", f"{cid}:/d/a")
-        assert p.returncode == 1 and "onto the file" in p.stderr.decode()
+        assert p.returncode == 125 and "onto the file" in p.stderr.decode()
         p = cp("src/f", "cbx-no-such-container:/tmp")
         assert p.returncode != 0 and "no such container" in p.stderr.decode()
         p = cp("src/f", "src/g")
-        assert p.returncode == 1 and "CONTAINER:PATH" in p.stderr.decode()
+        assert p.returncode == 125 and "CONTAINER:PATH" in p.stderr.decode()
     finally:
         cli(image_root, "rm", "-f", cid)
 
