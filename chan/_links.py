@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from ._hub import Hub
 
 RECV_BATCH = 512  # frames taken from one socket before looking at the others
-# Frames are copied into zmq up to this size: zero-copy sends make pyzmq track each
+# Frames are received without a copy (a zmq.Frame's buffer: a stream's chunk is sliced
+# out of it, and copied once, when it is read), and
+# frames are copied into zmq up to this size: zero-copy sends make pyzmq track each
 # buffer with a garbage-collector thread, which costs more than copying 64 KiB chunks.
 COPY_BELOW = 1 << 20
 # pyzmq's friendly layer costs microseconds a call on this path (enum flags, option
@@ -91,14 +93,14 @@ class DealerOwner:
         for _ in range(RECV_BATCH):
             if not has_input(sock):  # (cheaper than pyzmq raising Again)
                 return False
-            frame = _recv(sock, _NOBLOCK, True, False)
-            if _get(sock, _RCVMORE):
+            frame = _recv(sock, _NOBLOCK, False, False)
+            if frame.more:
                 core.violation("multipart transport messages are not part of the protocol")
                 while _get(sock, _RCVMORE):
                     _recv(sock, _NOBLOCK, True, False)
                 continue
             if not core.closed:
-                _guarded(core, core.feed, frame)
+                _guarded(core, core.feed, frame.buffer)
         return True
 
     def cores(self):
@@ -122,18 +124,18 @@ class RouterOwner:
         for _ in range(RECV_BATCH):
             if not has_input(sock):  # (cheaper than pyzmq raising Again)
                 return False
-            parts = [_recv(sock, _NOBLOCK, True, False)]
-            while _get(sock, _RCVMORE):
-                parts.append(_recv(sock, _NOBLOCK, True, False))
-            ident = parts[0]
+            ident = _recv(sock, _NOBLOCK, True, False)
+            frame = _recv(sock, _NOBLOCK, False, False) if _get(sock, _RCVMORE) else None
             core = sessions.get(ident)
             if core is None:
                 core = self.make_core(_Link(self.hub, sock, ident, self))
                 sessions[ident] = core
-            if len(parts) != 2:
+            if frame is None or frame.more:
+                while _get(sock, _RCVMORE):
+                    _recv(sock, _NOBLOCK, True, False)
                 core.violation("multipart transport messages are not part of the protocol")
             else:
-                _guarded(core, core.feed, parts[1])
+                _guarded(core, core.feed, frame.buffer)
         return True
 
     def cores(self):

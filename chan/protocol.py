@@ -544,7 +544,7 @@ class Session:
             ch = self._receiving(chid, KIND_STREAM)
             if ch is None:
                 return
-            if type(data) is not bytes:
+            if type(data) is not bytes and type(data) is not memoryview:  # (a view: see _lone_data)
                 raise TypeError("DATA must be bin")
             if len(data) > ch.allowed:
                 self.violation(f"peer overran the window of stream {chid}")
@@ -698,11 +698,13 @@ _UINT = {0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8}  # msgpack uint8..uint64 markers: s
 _BIN = {0xc4: 1, 0xc5: 2, 0xc6: 4}  # msgpack bin8..bin32 markers: length sizes
 
 
-def _lone_data(frame: bytes) -> tuple[int, bytes] | None:
+def _lone_data(frame: bytes | memoryview) -> tuple[int, bytes | memoryview] | None:
     """``(chid, data)`` when ``frame`` is exactly one ``[DATA, chid, bin]`` record.
 
-    Big stream chunks travel one per frame; slicing the payload out copies it once,
-    where the general parser copies it into its buffer and out again.
+    Big stream chunks travel one per frame; the payload is a slice of the frame (a view of
+    a received memoryview: no copy
+    until the stream is read), where the general parser copies it into its buffer and
+    out again.
     """
     pos = 2
     marker = frame[pos]

@@ -29,7 +29,7 @@ class ByteQueue(QueueBase):
 
     def __init__(self, capacity: int = DEFAULT_BUFFER) -> None:
         super().__init__(capacity)
-        self.chunks: deque[bytes] = deque()
+        self.chunks: deque[bytes | memoryview] = deque()
         self.size = 0
 
     def backlog(self) -> bool:
@@ -85,7 +85,8 @@ class ByteQueue(QueueBase):
     def attempt_readline(self, limit: int) -> Any:
         seen = 0
         for chunk in self.chunks:
-            i = chunk.find(b"\n")
+            # (a chunk from a session is a view of the frame it came in)
+            i = (chunk if type(chunk) is bytes else bytes(chunk)).find(b"\n")
             if i >= 0:
                 return self._take(min(seen + i + 1, limit) if limit >= 0 else seen + i + 1)
             seen += len(chunk)
@@ -113,7 +114,7 @@ class ByteQueue(QueueBase):
         self._wake()
         return len(chunk)
 
-    def put_nowait(self, data: bytes) -> None:
+    def put_nowait(self, data: bytes | memoryview) -> None:
         if not self.closed:
             self.chunks.append(data)
             self.size += len(data)
