@@ -403,7 +403,8 @@ class Engine:
                         "ImageID": _sha(c.config["Image"]),
                         "Command": " ".join(cfg["Entrypoint"] + cfg["Cmd"]),
                         "Created": c.config["Created"] // 1_000_000_000, "State": st,
-                        "Status": _status_line(st, c), "Labels": cfg["Labels"]})
+                        "Status": _status_line(st, c), "Labels": cfg["Labels"],
+                        "Mounts": [_mount_shape(b) for b in self._binds(c)]})
         return out
 
     def inspect(self, ref: str) -> dict[str, Any]:

@@ -12,9 +12,10 @@ __all__ = ["filter_containers", "parse_filter_args"]
 def filter_containers(items: list[dict[str, Any]], filters: dict[str, list[str]]
                       ) -> list[dict[str, Any]]:
     """The rows of :meth:`Engine.ps` that pass every filter (``docker ps --filter``):
-    ``{key: [values]}`` with keys id, name, status, label, ancestor; a row passes a key
-    when it matches any of its values (label: all of them).  Other keys are refused."""
-    known = {"id", "name", "status", "label", "ancestor"}
+    ``{key: [values]}`` with keys id, name, status, label, ancestor, volume (a volume's
+    name or a mount point); a row passes a key when it matches any of its values
+    (label: all of them).  Other keys are refused."""
+    known = {"id", "name", "status", "label", "ancestor", "volume"}
     unknown = set(filters) - known
     if unknown:
         raise InvalidArgument(f"invalid filter {sorted(unknown)[0]!r}; the filters are "
@@ -30,6 +31,9 @@ def filter_containers(items: list[dict[str, Any]], filters: dict[str, list[str]]
             if key == "status" and c["State"] not in values:
                 return False
             if key == "ancestor" and not any(v in (c["Image"], c["ImageID"]) for v in values):
+                return False
+            if key == "volume" and not any(v in (m.get("Name"), m["Destination"])
+                                           for v in values for m in c["Mounts"]):
                 return False
             if key == "label":
                 for v in values:

@@ -162,7 +162,7 @@ def container_summary(c: dict[str, Any]) -> dict[str, Any]:
         "ImageID": c.get("ImageID", ""), "Command": c.get("Command", ""),
         "Created": int(c.get("Created") or 0), "State": c.get("State", ""),
         "Status": c.get("Status", ""), "Labels": c.get("Labels") or {},
-        "Ports": _summary_ports(c.get("Ports")), "Mounts": [],
+        "Ports": _summary_ports(c.get("Ports")), "Mounts": c.get("Mounts") or [],
         "HostConfig": {"NetworkMode": c.get("NetworkMode") or "none"},
         "NetworkSettings": {"Networks": c.get("Networks") or {}},
     }

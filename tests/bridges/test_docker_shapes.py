@@ -58,16 +58,17 @@ def test_refs_and_types_the_go_client_needs() -> None:
 
 def test_container_filters() -> None:
     items = [{"Id": "abc", "Names": ["/web"], "State": "running", "Image": "busybox",
-              "ImageID": "sha256:1", "Labels": {"app": "x"}},
+              "ImageID": "sha256:1", "Labels": {"app": "x"}, "Mounts": []},
              {"Id": "def", "Names": ["/db"], "State": "exited", "Image": "other",
-              "ImageID": "sha256:2", "Labels": {}}]
+              "ImageID": "sha256:2", "Labels": {}, "Mounts": [{"Name": "v", "Destination": "/v"}]}]
     from engine.filters import filter_containers as pick
 
     assert [c["Id"] for c in pick(items, shapes.parse_filters('{"name":["web"]}'))] == ["abc"]
     assert [c["Id"] for c in pick(items, shapes.parse_filters('{"status":{"exited":true}}'))] == ["def"]
     assert [c["Id"] for c in pick(items, {"label": ["app=x"]})] == ["abc"]
+    assert [c["Id"] for c in pick(items, {"volume": ["v"]})] == ["def"]
     with pytest.raises(InvalidArgument, match="invalid filter"):
-        pick(items, {"volume": ["v"]})
+        pick(items, {"health": ["healthy"]})
 
 
 def test_terminal_size_of_a_resize_request() -> None:

@@ -60,6 +60,12 @@ def test_data_outlives_its_containers_and_ro_is_read_only(engine: Engine, vol: s
                        "Propagation": ""}]
     with pytest.raises(Conflict, match=f"in use by container {cid[:12]}"):
         engine.volume_rm(vol)
+    from engine.filters import filter_containers
+
+    rows = engine.ps(all=True)
+    assert [c["Id"] for c in filter_containers(rows, {"volume": [vol]})] == [cid]
+    assert cid in [c["Id"] for c in filter_containers(rows, {"volume": ["/data"]})]
+    assert filter_containers(rows, {"volume": ["cbx-no-such-volume"]}) == []
     engine.rm(cid, volumes=True)  # a named volume stays
     assert engine.volume_inspect(vol)["Name"] == vol
 
