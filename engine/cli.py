@@ -507,7 +507,7 @@ def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--no-trunc", is_flag=True, help="Do not shorten ids.")
 @click.option("-f", "--filter", "filters", multiple=True,
-              help="KEY=VALUE: id, name, status, label, ancestor (repeatable).")
+              help="KEY=VALUE: id, name, status, label, ancestor, volume (repeatable).")
 @click.pass_context
 def ps(ctx: click.Context, all_: bool, quiet: bool, fmt: str, no_trunc: bool,
        filters: tuple[str, ...]) -> None:

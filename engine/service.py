@@ -18,7 +18,7 @@ Verbs (args in parentheses; ``id`` is a container name, id or id prefix):
   ``start``/``stop`` (timeout)/``kill`` (signal)/``rm`` (force, volumes)/``pause``/``unpause``
   (id); ``resize`` (id, rows, cols) for a container made with ``tty``; ``wait`` (id,
   condition) -> ``{"exit_code"}``; ``ls`` (all, filters: ``["status=exited", ...]``:
-  id, name, status, label, ancestor) -> list; ``get`` (id) -> inspect dict;
+  id, name, status, label, ancestor, volume) -> list; ``get`` (id) -> inspect dict;
   ``log`` (id, follow, tail, batch, since_ns, until_ns: nanoseconds since the epoch) -> stream of
   ``{"stream", "log", "time"}`` (with ``batch``, lists of them); ``attach`` (id, stdin, stdout, stderr) and ``exec``
   (id, cmd, env, workdir, user, open_stdin, tty) -> first ``{"stdin": ByteStream|None}``
