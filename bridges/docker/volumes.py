@@ -27,8 +27,7 @@ async def list_(request: web.Request) -> web.StreamResponse:
                                      "dangling or driver")
     vols = await client.call("volume_ls")
     if "dangling" in filters:
-        used = {m.get("Name") for c in await client.call("ls", all=True)
-                for m in (await client.call("get", id=c["Id"]))["Mounts"]}
+        used = {m.get("Name") for c in await client.call("ls", all=True) for m in c["Mounts"]}
         want = filters["dangling"][0].lower() in ("1", "true")
         vols = [v for v in vols if (v["Name"] not in used) == want]
     for name in filters.get("name", []):
