@@ -152,14 +152,18 @@ def _helper_error(err: bytes, status: int) -> EngineError:
 def _enter(spec: RootSpec) -> None:
     """Make the container's root this process's root."""
     if "pid" in spec:
-        proc = os.open(f"/proc/{int(spec['pid'])}", os.O_RDONLY | os.O_DIRECTORY)
+        gone = NotFound("the container's process is gone (it stopped meanwhile); try again")
+        try:
+            proc = os.open(f"/proc/{int(spec['pid'])}", os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise gone from None
         try:
             with open(os.open("cgroup", os.O_RDONLY, dir_fd=proc), "rb") as f:
                 if os.fsencode(spec["cgroup"]) not in f.read():
-                    raise NotFound("the container's process is gone (it stopped meanwhile)")
+                    raise gone
             root = os.open("root", os.O_RDONLY | os.O_DIRECTORY, dir_fd=proc)
         except (FileNotFoundError, ProcessLookupError):
-            raise NotFound("the container's process is gone (it stopped meanwhile)") from None
+            raise gone from None
         finally:
             os.close(proc)
     else:

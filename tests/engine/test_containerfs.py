@@ -195,3 +195,14 @@ def test_a_stopped_containers_volumes_are_where_it_sees_them(engine: Engine) -> 
     finally:
         engine.rm(cid, force=True)
         engine.volume_rm(name)
+
+
+def test_a_pid_that_is_not_the_containers_is_refused() -> None:
+    # the engine names the container's PID and cgroup; a PID recycled by another
+    # process (here: this test's own) must not lead the helper into that one's root
+    from engine.containerfs import run_helper
+
+    with pytest.raises(NotFound, match="process is gone"):
+        run_helper({"pid": os.getpid(), "cgroup": "/cbx/" + "0" * 64}, "stat", "/")
+    with pytest.raises(NotFound, match="process is gone"):
+        run_helper({"pid": 2 ** 22 + 1, "cgroup": "/cbx/" + "0" * 64}, "stat", "/")  # none
