@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 RECV_BATCH = 512  # frames taken from one socket before looking at the others
 # Frames are received without a copy (a zmq.Frame's buffer: a stream's chunk is sliced
-# out of it, and copied once, when it is read), and
-# frames are copied into zmq up to this size: zero-copy sends make pyzmq track each
-# buffer with a garbage-collector thread, which costs more than copying 64 KiB chunks.
+# out of it and copied once, when it is read).  They are sent with a copy up to this
+# size: zero-copy sends make pyzmq track each buffer with a garbage-collector thread,
+# which costs more than copying 64 KiB chunks.
 COPY_BELOW = 1 << 20
 # pyzmq's friendly layer costs microseconds a call on this path (enum flags, option
 # wrapping: send_multipart is 2.1 us where two backend sends are 0.3 us), so the hot

@@ -701,10 +701,9 @@ _BIN = {0xc4: 1, 0xc5: 2, 0xc6: 4}  # msgpack bin8..bin32 markers: length sizes
 def _lone_data(frame: bytes | memoryview) -> tuple[int, bytes | memoryview] | None:
     """``(chid, data)`` when ``frame`` is exactly one ``[DATA, chid, bin]`` record.
 
-    Big stream chunks travel one per frame; the payload is a slice of the frame (a view of
-    a received memoryview: no copy
-    until the stream is read), where the general parser copies it into its buffer and
-    out again.
+    Big stream chunks travel one per frame.  The payload is a slice of the frame: of a
+    received frame's memoryview, a view, so no copy is made until the stream is read;
+    the general parser would copy it into its buffer and out again.
     """
     pos = 2
     marker = frame[pos]
