@@ -44,10 +44,12 @@ def _parse(arg: str) -> tuple[str | None, str]:
 @click.option("-a", "--archive", is_flag=True,
               help="Keep the owners (uid:gid) of the source; files copied into a container "
                    "otherwise belong to its root.")
+@click.option("-L", "--follow-link", is_flag=True,
+              help="Copy what a symlink given as the source points to, not the link.")
 @click.argument("src")
 @click.argument("dest")
 @click.pass_context
-def cp(ctx: click.Context, archive: bool, src: str, dest: str) -> None:
+def cp(ctx: click.Context, archive: bool, follow_link: bool, src: str, dest: str) -> None:
     """Copy files between a container and the local filesystem.
 
     \b
@@ -60,9 +62,15 @@ def cp(ctx: click.Context, archive: bool, src: str, dest: str) -> None:
     if sc is None and dc is None:
         _die("cp: one of the paths must be CONTAINER:PATH")
     if sc is not None:
+        if follow_link:
+            info = _stat_in(ctx, sc, spath)
+            if info is not None and info.get("linkTarget"):
+                spath = info["linkTarget"]  # (resolved inside the container)
         _copy_out(ctx, sc, spath, dpath, archive)
     else:
         assert dc is not None
+        if follow_link:
+            spath = os.path.realpath(spath)
         _copy_in(ctx, spath, dc, dpath, archive)
 
 

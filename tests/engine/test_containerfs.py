@@ -154,6 +154,10 @@ def test_the_cli_copies_as_docker_cp_does(image_root: str, tmp_path) -> None:
         assert sorted(os.listdir(tmp_path / "contents")) == ["a", "sub"]
         assert cp(f"{cid}:/d/a", "renamed").returncode == 0
         assert (tmp_path / "renamed").read_text() == "a\n"
+        assert cp(f"{cid}:/dlink", "link").returncode == 0  # the link itself
+        assert os.readlink(tmp_path / "link") == "/d"
+        assert cp("-L", f"{cid}:/dlink", "followed").returncode == 0  # what it points to
+        assert sorted(os.listdir(tmp_path / "followed")) == ["a", "sub"]
         p = cp(f"{cid}:/d", "renamed")
         assert p.returncode == 125 and "onto the file" in p.stderr.decode()
         p = cp(f"{cid}:/d/a", "missing/")
