@@ -81,6 +81,7 @@ def _copy_out(ctx: click.Context, container: str, path: str, dest: str, archive:
 
     import chan
 
+    from .cli_transfer import _receive_stdout
     from .client import engine_error
 
     if dest == "-" and sys.stdout.isatty():
@@ -91,17 +92,15 @@ def _copy_out(ctx: click.Context, container: str, path: str, dest: str, archive:
         try:
             info = rx.recv()["stat"]
             if dest == "-":
-                out = sys.stdout.buffer
-                while data := ours.read(1 << 20):
-                    out.write(data)
-                out.flush()
+                _receive_stdout(ours)
             else:
                 _extract_here(_Reader(ours), info, path, dest, archive)
                 while ours.read(1 << 20):  # the tar's end padding
                     pass
-        except chan.ChannelError as exc:
-            if isinstance(exc, chan.RemoteError):
-                raise
+        except chan.RemoteError:
+            raise
+        except chan.ChannelError:
+            pass  # the engine stopped the stream: its last word below says why
         try:
             rx.recv()  # the engine's last word: an error while it wrote the tar
         except chan.EndOfChannel:

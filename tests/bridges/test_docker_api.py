@@ -676,6 +676,13 @@ def test_docker_volumes_named_anonymous_and_mount(bridge: BridgeProc) -> None:
         assert anon["Name"] not in ok(bridge.docker("volume", "ls", "-q")).split()
         p = bridge.docker("volume", "inspect", "cbx-no-such-volume")
         assert p.returncode != 0 and "no such volume" in err(p).lower()
+        p = bridge.docker("volume", "create", "-d", "nfs", f"{name}-nfs")
+        assert p.returncode != 0 and "driver 'nfs' is not supported" in err(p)
+        p = bridge.docker("volume", "create", "-o", "type=tmpfs", f"{name}-opt")
+        assert p.returncode != 0 and "options are not supported" in err(p)
+        p = bridge.docker("volume", "ls", "-f", "scope=local")
+        assert p.returncode != 0 and "invalid filter 'scope'" in err(p)
+        assert f"{name}-nfs" not in ok(bridge.docker("volume", "ls", "-q")).split()
     finally:
         bridge.docker("volume", "rm", "-f", name, f"{name}-seed")
     assert name not in ok(bridge.docker("volume", "ls", "-q")).split()

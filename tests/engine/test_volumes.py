@@ -117,3 +117,6 @@ def test_the_cli(image_root: str, engine: Engine, vol: str) -> None:
     assert p.stdout.decode() == f"{vol}\n"  # the first went
     p = cli(image_root, "volume", "create", "x/y")
     assert p.returncode == 125 and "invalid volume name" in p.stderr.decode()
+    p = cli(image_root, "volume", "create", "-d", "nfs", vol)
+    assert p.returncode == 125 and "driver 'nfs' is not supported" in p.stderr.decode()
+    assert vol not in cli(image_root, "volume", "ls", "-q").stdout.decode().split()
