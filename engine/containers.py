@@ -16,6 +16,11 @@ A container is a directory ``<root>/containers/<id>`` holding:
   ``upper/`` holding the empty mount points, as Docker's ``-init`` layer does, so that
   they never land in the writable layer (nor in ``commit`` or ``diff``).
 
+Start, removal and copies into a stopped container hold the container's lock (an
+``flock`` on its directory, see :meth:`ContainerStore.locked`), so that two of them,
+from any threads or processes, never overlap: a second ``start`` finds the container
+running instead of tearing down the first one's cgroups.
+
 A directory appears complete (built under ``<root>/tmp``, renamed into place under the
 root lock, which also keeps names unique) or not at all.  The status is derived from
 those files and from whether the monitor still answers, never stored twice.
@@ -28,11 +33,13 @@ between the two steps) counts as free.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,6 +304,23 @@ class ContainerStore:
                 f"container id prefix {ref!r} is ambiguous ({len(matches)} containers); "
                 "give more characters")
         raise NotFound(f"no such container: {ref}")
+
+    @contextmanager
+    def locked(self, c: Container) -> Iterator[Container]:
+        """Hold ``c``'s lock, waiting for whoever holds it, and yield its record read
+        afresh (what the holder before did shows); NotFound if it was removed meanwhile.
+        The lock is the directory's ``flock``: a killed holder cannot leave it taken."""
+        try:
+            fd = os.open(c.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"no such container: {c.id}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # (a removal renames the directory away: then the lock is the old one's, and
+            # the record is not found)
+            yield self._load(c.id)
+        finally:
+            os.close(fd)
 
     def _load(self, cid: str) -> Container:
         d = os.path.join(self.base, cid)

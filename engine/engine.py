@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from . import cgroups, failpoints, fsutil, logs, monitor_client
@@ -262,9 +263,13 @@ class Engine:
 
         A command that cannot run raises :class:`CommandNotFound` (127) or
         :class:`CommandNotInvokable` (126); the container is then left stopped with
-        that exit code, as Docker does.
+        that exit code, as Docker does.  Starts of one container, from any process,
+        take turns: the later ones find it running.
         """
-        c = self.containers.get(ref)
+        with self.containers.locked(self.containers.get(ref)) as c:
+            self._start(c)
+
+    def _start(self, c: Container) -> None:
         status = self.status(c)
         if status in ("running", "paused"):
             return
@@ -549,19 +554,19 @@ class Engine:
     def rm(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
         """Remove a container; a running one only with ``force`` (killed first); with
         ``volumes``, its anonymous volumes too (``rm -v``)."""
-        c = self.containers.get(ref)
-        st = self.status(c)
-        if st in ("running", "paused"):
-            if not force:
-                raise Conflict(f"you cannot remove a {st} container {c.short_id}; stop "
-                               "it first, or use rm -f")
-            try:
-                monitor_client.signal(c.id, _signal.SIGKILL)
-                cgroups.thaw(c.cgroups)
-                self._wait_exit(c)
-            except NotRunning:
-                pass
-        self._delete(c)
+        with self.containers.locked(self.containers.get(ref)) as c:
+            st = self.status(c)
+            if st in ("running", "paused"):
+                if not force:
+                    raise Conflict(f"you cannot remove a {st} container {c.short_id}; "
+                                   "stop it first, or use rm -f")
+                try:
+                    monitor_client.signal(c.id, _signal.SIGKILL)
+                    cgroups.thaw(c.cgroups)
+                    self._wait_exit(c)
+                except NotRunning:
+                    pass
+            self._delete(c)
         if volumes:
             self._remove_anonymous_volumes(c)
 
@@ -807,6 +812,19 @@ class Engine:
             gone.append(v["Name"])
         return gone
 
+    @contextmanager
+    def _container_root(self, ref: str, write: bool = False) -> Iterator[
+            tuple[Container, dict[str, Any]]]:
+        """The container and its root's spec (see :meth:`_root_spec`).  A stopped one
+        stays locked meanwhile, its layers being mounted in the helper: a start or rm
+        waits for the copy.  A running one is reached through its process: no wait."""
+        with ExitStack() as held:
+            c = held.enter_context(self.containers.locked(self.containers.get(ref)))
+            spec = self._root_spec(c, write)
+            if "pid" in spec:
+                held.close()
+            yield c, spec
+
     def _root_spec(self, c: Container, write: bool = False) -> dict[str, Any]:
         """Where :mod:`engine.containerfs` finds the container's root: its init process's
         while it runs, else its layers (mounted in a namespace of the helper's own; to
@@ -832,7 +850,8 @@ class Engine:
         (Go's FileMode bits), "mtime", "linkTarget"}``; NotFound if it is not there."""
         from .containerfs import run_helper
 
-        return run_helper(self._root_spec(self.containers.get(ref)), "stat", path)
+        with self._container_root(ref) as (_, spec):
+            return run_helper(spec, "stat", path)
 
     def archive_get(self, ref: str, path: str, out: Any,
                     on_stat: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -842,8 +861,8 @@ class Engine:
         ``/.`` gives the directory's contents as ``.``."""
         from .containerfs import run_helper
 
-        c = self.containers.get(ref)
-        info = run_helper(self._root_spec(c), "get", path, stdout=out, on_stat=on_stat)
+        with self._container_root(ref) as (c, spec):
+            info = run_helper(spec, "get", path, stdout=out, on_stat=on_stat)
         self._container_event("archive-path", c)
         return info
 
@@ -854,9 +873,8 @@ class Engine:
         file or the reverse."""
         from .containerfs import run_helper
 
-        c = self.containers.get(ref)
-        run_helper(self._root_spec(c, write=True), "put", path, stdin=tar,
-                   owner=None if copy_uid_gid else (0, 0))
+        with self._container_root(ref, write=True) as (c, spec):
+            run_helper(spec, "put", path, stdin=tar, owner=None if copy_uid_gid else (0, 0))
         self._container_event("extract-to-dir", c)
 
     def _image_layers(self, c: Container) -> list[str]:
@@ -983,10 +1001,10 @@ def autoremove(root: str, container_id: str) -> None:
     eng.volumes = VolumeStore(root)
     eng._journal = None
     try:
-        c = eng.containers.get(container_id)
+        with eng.containers.locked(eng.containers.get(container_id)) as c:
+            eng._delete(c)
     except NotFound:
-        return
-    eng._delete(c)
+        return  # removed already (rm -f, or the CLI's run --rm)
     eng._remove_anonymous_volumes(c)  # as docker run --rm does
 
 
