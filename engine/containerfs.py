@@ -143,8 +143,12 @@ def _helper_error(err: bytes, status: int) -> EngineError:
         kind = {"not_found": NotFound, "invalid_argument": InvalidArgument}.get(doc["code"], EngineError)
         return kind(doc["message"])
     except (ValueError, KeyError, IndexError, TypeError):
-        return EngineError(f"copying failed (helper exited with {status}): "
-                           f"{err.decode(errors='replace').strip()[-500:]}")
+        pass
+    if status < 0:
+        return EngineError(f"copying failed: its helper process was killed (signal "
+                           f"{-status}) part of the way, so the copy is incomplete")
+    return EngineError(f"copying failed (helper exited with {status}): "
+                       f"{err.decode(errors='replace').strip()[-500:]}")
 
 
 # ------------------------------------------------------------------ the helper's side

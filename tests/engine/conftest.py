@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 from engine import fsutil
@@ -122,6 +124,20 @@ def run_to_end(engine: Engine, cmd: str, **kw: object) -> tuple[int, str]:
         return code, "".join(e["log"] for e in engine.logs(cid))
     finally:
         engine.rm(cid, force=True)
+
+
+def copy_helper(pid: int) -> psutil.Process:
+    """The cp helper (``engine.containerfs``) that process ``pid`` started; waits for it."""
+    deadline = time.monotonic() + 30
+    while True:
+        for p in psutil.Process(pid).children(recursive=True):
+            try:
+                if "engine.containerfs" in " ".join(p.cmdline()):
+                    return p
+            except psutil.NoSuchProcess:
+                continue
+        assert time.monotonic() < deadline, "the copy's helper never started"
+        time.sleep(0.02)
 
 
 def cli(root: str, *args: str, input: bytes | None = None,

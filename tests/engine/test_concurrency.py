@@ -12,7 +12,6 @@ import os
 import subprocess
 import tarfile
 import threading
-import time
 
 import psutil
 import pytest
@@ -21,7 +20,7 @@ from engine import cgroups
 from engine.engine import Engine
 from engine.errors import NotFound
 
-from .conftest import CHANBOX, needs_root
+from .conftest import CHANBOX, copy_helper, needs_root
 
 pytestmark = needs_root
 
@@ -77,11 +76,6 @@ def _tar_of(name: str, data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _copy_helpers() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if "engine.containerfs" in " ".join(p.cmdline())]
-
-
 def test_a_start_waits_for_a_copy_into_the_stopped_container(engine: Engine) -> None:
     cid = engine.create("busybox", ["cat", "/cbx-copied"], network="none")
     tar = _tar_of("cbx-copied", b"copied before the start\n")
@@ -102,10 +96,7 @@ def test_a_start_waits_for_a_copy_into_the_stopped_container(engine: Engine) -> 
         copy = run(engine.archive_put, cid, "/", source)
         try:
             os.write(w, tar[:512])  # the header: the helper is at work, waiting for more
-            deadline = time.monotonic() + 30
-            while not _copy_helpers():
-                assert time.monotonic() < deadline, "the copy's helper never started"
-                time.sleep(0.02)
+            copy_helper(os.getpid())
             start = run(engine.start, cid)
             start.join(1.0)
             assert start.is_alive(), "the start did not wait for the copy"

@@ -14,7 +14,7 @@ from engine.containerfs import go_mode
 from engine.engine import Engine
 from engine.errors import InvalidArgument, NotFound
 
-from .conftest import CHANBOX, cli, needs_root
+from .conftest import CHANBOX, cli, copy_helper, needs_root
 
 pytestmark = needs_root
 
@@ -210,3 +210,38 @@ def test_a_pid_that_is_not_the_containers_is_refused() -> None:
         run_helper({"pid": os.getpid(), "cgroup": "/cbx/" + "0" * 64}, "stat", "/")
     with pytest.raises(NotFound, match="process is gone"):
         run_helper({"pid": 2 ** 22 + 1, "cgroup": "/cbx/" + "0" * 64}, "stat", "/")  # none
+
+
+BIG = 64 << 20
+
+
+def test_a_copy_out_whose_helper_dies_fails_and_says_so(engine: Engine, image_root: str) -> None:
+    cid = _running(engine, f"head -c {BIG} /dev/zero > /big; {SETUP}")
+    # nobody reads the CLI's output yet: flow control holds the helper mid-copy
+    cp = subprocess.Popen([CHANBOX, "--root", image_root, "cp", f"{cid}:/big", "-"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    copy_helper(cp.pid).kill()
+    out, err = cp.communicate(timeout=60)
+    assert cp.returncode == 125
+    assert b"killed (signal 9) part of the way, so the copy is incomplete" in err, err
+    assert len(out) < BIG  # what came before the end is there, and is called incomplete
+
+
+def test_a_copy_in_whose_helper_dies_fails_and_says_so(engine: Engine, image_root: str) -> None:
+    cid = _running(engine, SETUP)
+    cp = subprocess.Popen([CHANBOX, "--root", image_root, "cp", "-", f"{cid}:/d"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert cp.stdin is not None
+    tar = _tar({"big": b"\0" * BIG}).getvalue()
+    cp.stdin.write(tar[:1 << 20])  # a part: the helper waits for the rest
+    cp.stdin.flush()
+    copy_helper(cp.pid).kill()
+    try:
+        cp.stdin.write(tar[1 << 20:])
+    except BrokenPipeError:
+        pass  # the CLI may have given up reading already
+    out, err = cp.communicate(timeout=60)
+    assert cp.returncode == 125
+    assert b"killed (signal 9) part of the way, so the copy is incomplete" in err, err
+    assert _exists(engine, cid, "/d/a")  # the container is as it was, plus what came
