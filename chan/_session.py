@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from . import codec, protocol
+from ._malloc import keep_freed_memory
 from ._sync import Waitable, fresh
 from .channel import RECEIVER_CLOSED, MsgPump, MsgQueue, ReceiverBase, SenderBase
 from .errors import (ClosedChannelError, MessageTooLarge, ProtocolError, RemoteError,
@@ -299,6 +300,7 @@ class SessionCore:
             proto.register_peer_channel(chid, protocol.KIND_CHANNEL, we_send=False, we_recv=True)
             return self.flavor.Receiver(self._inbound(MsgQueue(), chid, ours.window))
         proto.register_peer_channel(chid, protocol.KIND_STREAM, we_send=True, we_recv=True)
+        keep_freed_memory()  # a stream's chunks would fault in their buffers anew
         sink = RemoteByteSink(self, chid)
         self.outs[chid] = sink
         rq = self._inbound(ByteQueue(ours.stream_window), chid, ours.stream_window)
@@ -318,6 +320,7 @@ class SessionCore:
             code, kind, send, recv = codec.EXT_STREAM, protocol.KIND_STREAM, True, True
             if obj._rq is None or obj._sink is None:
                 raise ClosedChannelError("cannot send a stream end that is (half) closed")
+            keep_freed_memory()  # a stream's chunks would fault in their buffers anew
         else:
             raise codec.unsupported(obj)
         found = self._found
