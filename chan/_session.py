@@ -40,18 +40,16 @@ class InChan:
         # Message channels: the credit each queued message cost, in queue order.
         self.costs: deque[int] | None = deque() if counted else None
 
-    def deliver(self, value: Any, cost: int) -> None:
-        """A message from the peer, into the local queue."""
-        self.costs.append(cost)
-        self.core.ins[self.chid].put_nowait(value)
-
     def taken(self, n: int) -> None:
         costs = self.costs
         if costs is not None:  # n messages: return what each cost
-            k = 0
-            for _ in range(min(n, len(costs))):
-                k += costs.popleft()
-            n = k
+            if n == 1:
+                n = costs.popleft() if costs else 0
+            else:
+                k = 0
+                for _ in range(min(n, len(costs))):
+                    k += costs.popleft()
+                n = k
         self.pending += n
         if self.pending >= self.threshold:
             self.core.proto.grant(self.chid, self.pending)
@@ -197,8 +195,11 @@ class SessionCore:
         if cls is protocol.MessageReceived:
             q = self.ins.get(event.chid)
             if q is not None:
-                value = self._decode(event.payload)
-                q.upstream.deliver(value, len(event.payload) + protocol.MSG_COST)
+                payload = event.payload
+                value = self._decode(payload)
+                # (what it cost returns as credit once the consumer takes it)
+                q.upstream.costs.append(len(payload) + protocol.MSG_COST)
+                q.put_nowait(value)
             else:
                 self._discard(event.payload)
         elif cls is protocol.DataReceived:
