@@ -7,9 +7,11 @@ from a single-threaded process.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -124,6 +126,18 @@ def run_to_end(engine: Engine, cmd: str, **kw: object) -> tuple[int, str]:
         return code, "".join(e["log"] for e in engine.logs(cid))
     finally:
         engine.rm(cid, force=True)
+
+
+def make_tar(files: dict[str, bytes], uid: int = 1234) -> io.BytesIO:
+    """A tar of regular files (mode 0640, owned by ``uid``), to copy into containers."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.uid, ti.gid = len(data), 0o640, uid, uid
+            t.addfile(ti, io.BytesIO(data))
+    buf.seek(0)
+    return buf
 
 
 def copy_helper(pid: int) -> psutil.Process:

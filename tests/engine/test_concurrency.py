@@ -7,10 +7,8 @@ would look at: what runs, what is left on the host, what the container sees.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
-import tarfile
 import threading
 
 import psutil
@@ -20,7 +18,7 @@ from engine import cgroups
 from engine.engine import Engine
 from engine.errors import NotFound
 
-from .conftest import CHANBOX, copy_helper, needs_root
+from .conftest import CHANBOX, copy_helper, make_tar, needs_root
 
 pytestmark = needs_root
 
@@ -67,18 +65,9 @@ def test_rm_during_a_start_leaves_nothing_behind(engine: Engine, image_root: str
             assert not os.path.exists(os.path.join(top, "cbx", cid))
 
 
-def _tar_of(name: str, data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_a_start_waits_for_a_copy_into_the_stopped_container(engine: Engine) -> None:
     cid = engine.create("busybox", ["cat", "/cbx-copied"], network="none")
-    tar = _tar_of("cbx-copied", b"copied before the start\n")
+    tar = make_tar({"cbx-copied": b"copied before the start\n"}).getvalue()
     r, w = os.pipe()
     errors: list[BaseException] = []
 

@@ -14,22 +14,11 @@ from engine.containerfs import go_mode
 from engine.engine import Engine
 from engine.errors import InvalidArgument, NotFound
 
-from .conftest import CHANBOX, cli, copy_helper, needs_root
+from .conftest import CHANBOX, cli, copy_helper, make_tar, needs_root
 
 pytestmark = needs_root
 
 SETUP = "mkdir -p /d/sub; echo a > /d/a; echo b > /d/sub/b; ln -s / /escape; ln -s /d /dlink"
-
-
-def _tar(files: dict[str, bytes], uid: int = 1234) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in files.items():
-            ti = tarfile.TarInfo(name)
-            ti.size, ti.mode, ti.uid, ti.gid = len(data), 0o640, uid, uid
-            t.addfile(ti, io.BytesIO(data))
-    buf.seek(0)
-    return buf
 
 
 def _members(engine: Engine, cid: str, path: str) -> dict[str, bytes | None]:
@@ -87,8 +76,8 @@ def test_out_of_a_running_container(engine: Engine) -> None:
 def test_into_a_running_container(engine: Engine) -> None:
     cid = _running(engine, SETUP)
     marker = f"/cbx-cp-{os.getpid()}"
-    engine.archive_put(cid, "/escape/d", _tar({"new": b"x\n", "sub2/deep": b"y\n"}))
-    engine.archive_put(cid, "/escape/tmp", _tar({marker[1:]: b"in the container\n"}))
+    engine.archive_put(cid, "/escape/d", make_tar({"new": b"x\n", "sub2/deep": b"y\n"}))
+    engine.archive_put(cid, "/escape/tmp", make_tar({marker[1:]: b"in the container\n"}))
     assert not os.path.exists(marker)  # /escape is the container's root, not the host's
     assert _members(engine, cid, f"/tmp{marker}") == {marker[1:]: b"in the container\n"}
     got = io.BytesIO()
@@ -96,19 +85,19 @@ def test_into_a_running_container(engine: Engine) -> None:
     with tarfile.open(fileobj=io.BytesIO(got.getvalue())) as t:
         m = t.getmember("new")
         assert (m.uid, m.gid, m.mode) == (0, 0, 0o640)  # the container's root owns it
-    engine.archive_put(cid, "/d", _tar({"kept": b"k"}), copy_uid_gid=True)
+    engine.archive_put(cid, "/d", make_tar({"kept": b"k"}), copy_uid_gid=True)
     got = io.BytesIO()
     engine.archive_get(cid, "/d/kept", got)
     with tarfile.open(fileobj=io.BytesIO(got.getvalue())) as t:
         assert (t.getmember("kept").uid, t.getmember("kept").gid) == (1234, 1234)
     with pytest.raises(InvalidArgument, match="not a directory"):
-        engine.archive_put(cid, "/d/a", _tar({"x": b""}))
+        engine.archive_put(cid, "/d/a", make_tar({"x": b""}))
     with pytest.raises(NotFound, match="no such directory"):
-        engine.archive_put(cid, "/nope", _tar({"x": b""}))
+        engine.archive_put(cid, "/nope", make_tar({"x": b""}))
     with pytest.raises(InvalidArgument, match="cannot overwrite the directory"):
-        engine.archive_put(cid, "/d", _tar({"sub": b"a file over a directory"}))
+        engine.archive_put(cid, "/d", make_tar({"sub": b"a file over a directory"}))
     with pytest.raises(InvalidArgument, match=r"\.\."):
-        engine.archive_put(cid, "/d", _tar({"../../etc/evil": b""}))
+        engine.archive_put(cid, "/d", make_tar({"../../etc/evil": b""}))
     with pytest.raises(InvalidArgument, match="tar to copy has a header with a bad checksum"):
         engine.archive_put(cid, "/d", io.BytesIO(b"this is not a tar" * 100))
     assert _members(engine, cid, "/d/sub") == {"sub": None, "sub/b": b"b\n"}  # untouched
@@ -121,7 +110,7 @@ def test_a_stopped_container_is_read_and_written_through_its_layers(engine: Engi
     mounts = _mounts()
     with pytest.raises(NotFound):  # its writable layer's whiteout hides the image's file
         engine.archive_stat(cid, "/bin/vi")
-    engine.archive_put(cid, "/", _tar({"d/a": b"from cp\n", "etc/added": b"too\n"}))
+    engine.archive_put(cid, "/", make_tar({"d/a": b"from cp\n", "etc/added": b"too\n"}))
     assert _members(engine, cid, "/d") == {"d": None, "d/a": b"from cp\n"}
     assert _members(engine, cid, "/bin/busybox")["busybox"]  # from the image's layer
     assert _mounts() == mounts  # the helper's mount went with its namespace
@@ -170,7 +159,7 @@ def test_the_cli_copies_as_docker_cp_does(image_root: str, tmp_path) -> None:
         (tmp_path / "src" / "f").write_text("f\n")
         assert cp("src", f"{cid}:/d").returncode == 0
         assert cp("src/f", f"{cid}:/d/g").returncode == 0
-        assert cp("-", f"{cid}:/d", input=_tar({"h": b"h\n"}).getvalue()).returncode == 0
+        assert cp("-", f"{cid}:/d", input=make_tar({"h": b"h\n"}).getvalue()).returncode == 0
         p = cp(f"{cid}:/d", "-")
         with tarfile.open(fileobj=io.BytesIO(p.stdout)) as t:
             assert {"d/src/f", "d/g", "d/h"} <= set(t.getnames())
@@ -189,7 +178,7 @@ def test_a_stopped_containers_volumes_are_where_it_sees_them(engine: Engine) -> 
     name = f"cbx-cpvol-{os.getpid()}"
     cid = engine.create("busybox", ["cat", "/data/in"], network="none", binds=[f"{name}:/data"])
     try:
-        engine.archive_put(cid, "/data", _tar({"in": b"into the volume\n"}))
+        engine.archive_put(cid, "/data", make_tar({"in": b"into the volume\n"}))
         assert os.path.isfile(os.path.join(engine.volumes.path(name), "in"))
         assert _members(engine, cid, "/data/in") == {"in": b"into the volume\n"}
         engine.start(cid)
@@ -233,7 +222,7 @@ def test_a_copy_in_whose_helper_dies_fails_and_says_so(engine: Engine, image_roo
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
     assert cp.stdin is not None
-    tar = _tar({"big": b"\0" * BIG}).getvalue()
+    tar = make_tar({"big": b"\0" * BIG}).getvalue()
     cp.stdin.write(tar[:1 << 20])  # a part: the helper waits for the rest
     cp.stdin.flush()
     copy_helper(cp.pid).kill()
