@@ -689,7 +689,7 @@ class Engine:
         from .changes import changes
 
         c = self.containers.get(ref)
-        lowers = self._image_layers(c)
+        lowers = self._image_layers(self.images.get(c.config["Image"]))
         if os.path.isdir(c.path("init")):
             lowers.insert(0, c.path("init"))
         return changes(c.path("upper"), lowers)
@@ -700,7 +700,8 @@ class Engine:
         from .export import export_tar
 
         c = self.containers.get(ref)
-        export_tar([c.path("upper"), *self._image_layers(c)], out)
+        export_tar([c.path("upper"), *self._image_layers(self.images.get(c.config["Image"]))],
+                   out)
         self._container_event("export", c)
 
     # -- volumes and bind mounts --------------------------------------------------------
@@ -738,7 +739,7 @@ class Engine:
         from .layerview import LayerView
         from .tarlayer import apply_tar
 
-        layers = [os.path.join(self.root, d) for d in self.images.lowerdirs(image)]
+        layers = self._image_layers(image)
         found = LayerView(layers).locate(target.lstrip("/"))
         if found is None or not os.path.isdir(found[0]) or os.path.islink(found[0]):
             return
@@ -877,9 +878,8 @@ class Engine:
             run_helper(spec, "put", path, stdin=tar, owner=None if copy_uid_gid else (0, 0))
         self._container_event("extract-to-dir", c)
 
-    def _image_layers(self, c: Container) -> list[str]:
-        """The container's image's layer directories, top-most first, absolute."""
-        image = self.images.get(c.config["Image"])
+    def _image_layers(self, image: Image) -> list[str]:
+        """The image's layer directories, top-most first, absolute."""
         return [os.path.join(self.root, d) for d in self.images.lowerdirs(image)]
 
     def top(self, ref: str) -> dict[str, Any]:
